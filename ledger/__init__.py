@@ -1,0 +1,1 @@
+"""Append-only, hash-chained, exactly-once ledger on SQLite; balances; verification; reports."""

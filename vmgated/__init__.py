@@ -1,0 +1,1 @@
+"""vmgated: SIP edge billing daemon (daemon wiring, config, listeners, metrics, control, CLIs)."""

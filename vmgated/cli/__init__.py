@@ -1,0 +1,1 @@
+"""vmgatectl: the billing clerk's command line."""
