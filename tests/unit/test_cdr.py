@@ -1,0 +1,97 @@
+"""SPEC §3.2: CDR lines, read exactly, identified by call_id and originating trunk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sip.call import Disposition
+from vmgated.cdr import CdrError, parse_line
+
+BASE = {
+    "call_id": "abc@gw",
+    "trunk": "acme-1",
+    "client": "gw-01",
+    "caller": "1001",
+    "callee": "442071234567",
+    "start": "2026-11-22T10:00:00Z",
+    "answer": "2026-11-22T10:00:05.250Z",
+    "end": "2026-11-22T10:01:06.250Z",
+}
+
+
+def line(**over: object) -> bytes:
+    obj = {**BASE, **over}
+    return json.dumps({k: v for k, v in obj.items() if v != "DROP"}).encode()
+
+
+def test_answered_cdr_bills_answer_to_end() -> None:
+    cdr = parse_line(line())
+    assert cdr.record.billsec == 61  # 10:00:05.25 → 10:01:06.25
+    assert cdr.record.disposition is Disposition.ANSWERED
+    assert cdr.record.sip_code == 200
+    assert (cdr.trunk, cdr.client) == ("acme-1", "gw-01")
+
+
+def test_epoch_seconds_with_fraction_are_exact() -> None:
+    cdr = parse_line(line(start=1763805600, answer=1763805600.1, end=1763805660.100001))
+    # 60.000001 s of talk → 61 billed seconds; a float would have lost the microsecond.
+    assert cdr.record.billsec == 61
+
+
+def test_same_call_id_and_trunk_is_the_same_uid_whatever_the_times() -> None:
+    a = parse_line(line())
+    b = parse_line(line(end="2026-11-22T10:02:00Z"))
+    c = parse_line(line(trunk="acme-2"))
+    assert a.uid == b.uid
+    assert a.uid != c.uid
+
+
+def test_unanswered_without_code_is_no_answer_with_code_zero() -> None:
+    cdr = parse_line(line(answer=None, sip_code="DROP"))
+    assert cdr.record.disposition is Disposition.NO_ANSWER
+    assert cdr.record.sip_code == 0
+    assert cdr.record.billsec == 0
+
+
+@pytest.mark.parametrize(("code", "disp"), [(486, "busy"), (487, "cancelled"), (503, "failed")])
+def test_sip_code_gives_disposition(code: int, disp: str) -> None:
+    assert parse_line(line(answer=None, sip_code=code)).record.disposition == disp
+
+
+def test_src_address_forms() -> None:
+    cdr = parse_line(line(trunk="DROP", src="[2001:db8::1]:5060", client="DROP", dst="10.0.0.2"))
+    assert cdr.trunk is None and cdr.client is None
+    assert cdr.record.hops[0].src == ("2001:db8::1", 5060)
+    assert cdr.record.hops[0].dst == ("10.0.0.2", 0)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{", "bad_json"),
+        (b"[1]", "bad_json"),
+        (line(call_id="DROP"), "missing_field"),
+        (line(trunk="DROP"), "missing_field"),
+        (line(end="2026-11-22T09:00:00Z"), "bad_field"),
+        (line(sip_code=42), "bad_field"),
+        (line(start="yesterday"), "bad_field"),
+        (line(extra=1), "bad_field"),
+        (b" " * 9000, "oversized"),
+    ],
+)
+def test_bad_lines_are_refused_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(CdrError) as info:
+        parse_line(data)
+    assert info.value.reason == reason
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_cdr_error(data: bytes) -> None:
+    with contextlib.suppress(CdrError):
+        parse_line(data)
