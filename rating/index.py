@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterator
+from decimal import Decimal
 
+from rating.deck import paused_gc
 from rating.model import Destination, RatePlan
 from rating.tariff import Tariff
 from rating.units import EpochUs
@@ -46,17 +48,20 @@ class IndexedRow:
         "tariff",
     )
 
-    def __init__(self, dest: Destination, serial: int) -> None:
-        tariff = Tariff.of_destination(dest)
+    def __init__(self, dest: Destination, serial: int, tariff: Tariff | None = None) -> None:
+        if tariff is None:
+            tariff = Tariff.of_destination(dest)
         self.dest = dest
         self.tariff = tariff
         self.serial = serial  # unique within one index; lets the rater key caches by int
-        self.connection_sec = tariff.connection_sec
-        self.billing_block_sec = tariff.billing_block_sec
-        self.fee2 = tariff.fee2
-        self.rate2 = tariff.rate2
-        self.den = tariff.den
-        self.den2 = tariff.den2
+        (
+            self.connection_sec,
+            self.billing_block_sec,
+            self.fee2,
+            self.rate2,
+            self.den,
+            self.den2,
+        ) = tariff
 
     def __repr__(self) -> str:
         return f"IndexedRow({self.dest!r})"
@@ -102,8 +107,10 @@ def _timeline(rows: list[IndexedRow]) -> tuple[tuple[int, ...], tuple[IndexedRow
         best: IndexedRow | None = None
         for r in rows:
             d = r.dest
-            if d.valid_since <= point and (d.valid_until is None or point < d.valid_until) and (
-                best is None or d.valid_since > best.dest.valid_since
+            if (
+                d.valid_since <= point
+                and (d.valid_until is None or point < d.valid_until)
+                and (best is None or d.valid_since > best.dest.valid_since)
             ):
                 best = r
         if winners and winners[-1] is best:
@@ -128,9 +135,25 @@ class PrefixIndex:
     @classmethod
     def build(cls, plan: RatePlan) -> PrefixIndex:
         """Index a plan. Assumes a validated deck (one row per (code, valid_since))."""
+        with paused_gc():
+            return cls._build(plan)
+
+    @classmethod
+    def _build(cls, plan: RatePlan) -> PrefixIndex:
         grouped: dict[str, list[IndexedRow]] = {}
+        # Decks repeat a few hundred prices over thousands of codes: share their Tariffs.
+        tariffs: dict[tuple[Decimal, Decimal, int, int], Tariff] = {}
         for serial, dest in enumerate(plan.destinations):
-            row = IndexedRow(dest, serial)
+            price = (
+                dest.rate_per_min,
+                dest.connection_fee,
+                dest.connection_sec,
+                dest.billing_block_sec,
+            )
+            tariff = tariffs.get(price)
+            if tariff is None:
+                tariff = tariffs[price] = Tariff.of_destination(dest)
+            row = IndexedRow(dest, serial, tariff)
             group = grouped.get(dest.code)
             if group is None:
                 grouped[dest.code] = [row]

@@ -179,9 +179,7 @@ class Rater:
             Leg(Party.RESELLER, None, unrated=UNKNOWN_CLIENT),
         )
 
-    def _attached(
-        self, who: str, name: str | None, party: Party
-    ) -> tuple[_PlanRater | None, Leg]:
+    def _attached(self, who: str, name: str | None, party: Party) -> tuple[_PlanRater | None, Leg]:
         """The plan to rate with, and the no_plan leg to use when there is none."""
         no_plan = Leg(party, name, unrated=NO_PLAN)
         if name is None or name not in self._plans:
