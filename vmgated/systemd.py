@@ -1,0 +1,98 @@
+"""The systemd service protocol without libsystemd: readiness, reload, stop, status, watchdog.
+
+Same wire format as systemd's `notify-selfcontained-example.py`: one datagram of
+`KEY=value` lines to the AF_UNIX socket named by `$NOTIFY_SOCKET` (a path, or `@name` for
+the abstract namespace). Every call is a no-op returning False when the daemon does not run
+under systemd (or the socket is gone), so the daemon calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+__all__ = [
+    "notify",
+    "ready",
+    "reloading",
+    "status",
+    "stopping",
+    "watchdog_interval",
+    "watchdog_ping",
+]
+
+
+def _notify_address() -> str | None:
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        return "\0" + address[1:]  # abstract namespace
+    if address.startswith("/"):
+        return address
+    return None  # unset, or a vsock address (only used by VMs; not our case)
+
+
+def notify(state: str) -> bool:
+    """Send one `KEY=value[\\nKEY=value...]` state to systemd; True when it was delivered."""
+    address = _notify_address()
+    if address is None:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError:
+        # systemd gone or socket unreachable: the daemon keeps running, it just is not managed.
+        return False
+    return True
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def ready(status_text: str | None = None) -> bool:
+    """Tell systemd start-up is complete (`Type=notify`), optionally with a status line."""
+    state = "READY=1"
+    if status_text:
+        state += f"\nSTATUS={_one_line(status_text)}"
+    return notify(state)
+
+
+def reloading() -> bool:
+    """Tell systemd a reload began; send `ready()` when it is done.
+
+    MONOTONIC_USEC is required by `Type=notify-reload` (systemd >= 253) to match the reload
+    to the request; older systemd ignores it.
+    """
+    now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={now_us}")
+
+
+def stopping() -> bool:
+    """Tell systemd the daemon is shutting down (draining and flushing)."""
+    return notify("STOPPING=1")
+
+
+def status(text: str) -> bool:
+    """Set the free-form one-line status shown by `systemctl status`."""
+    return notify(f"STATUS={_one_line(text)}")
+
+
+def watchdog_interval() -> float | None:
+    """The watchdog timeout in seconds when systemd expects pings from this process, else None.
+
+    Ping at half this interval or more often (sd_watchdog_enabled(3)).
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
+        return None  # the variable was meant for our parent, not for us
+    return int(usec) / 1_000_000
+
+
+def watchdog_ping() -> bool:
+    """Tell systemd the daemon is alive (`WatchdogSec=`): the main loop is still turning."""
+    return notify("WATCHDOG=1")
