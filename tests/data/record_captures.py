@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from stack import (
     GATEWAY_HOST,
     PROXY_HOST,
+    SCENARIO_PAIRS,
     TRUNK_HOST,
     HepRecorder,
     Kamailio,
+    ScenarioPair,
     hep3_summary,
     sip_label,
     sipp_uac,
@@ -42,48 +44,32 @@ CAPTURE_ID_V2 = 102
 
 @dataclass(frozen=True)
 class Recording:
-    """One capture: which sipp scenarios, how many calls, what Kamailio must emit."""
+    """One capture: which scenario pair (stack.SCENARIO_PAIRS), how many calls, which HEP."""
 
     name: str
-    uas: str
-    uac: str
+    pair: str
     calls: int
     rate: float
     duration_ms: int
-    per_call: tuple[tuple[str, int], ...]  # SIP label → HEP packets per call
     hep_version: int = 3
     capture_id: int = CAPTURE_ID_V3
     pcap: bool = False  # also write <name>.pcap (Ethernet/IPv4/UDP to the HEP port)
     raw: bool = True  # write <name>.hep (back-to-back datagrams; HEPv3 only)
 
-    def expected(self) -> Counter[str]:
-        """Packets expected in the whole capture, by SIP label."""
-        return Counter({label: n * self.calls for label, n in self.per_call})
+    @property
+    def scenarios(self) -> ScenarioPair:
+        """The sipp scenarios and the per-call packet counts."""
+        return SCENARIO_PAIRS[self.pair]
 
-
-ANSWERED = (("INVITE", 2), ("100", 1), ("180", 2), ("200", 4), ("ACK", 1), ("BYE", 2))
 
 RECORDINGS = (
-    Recording("kamailio_answered", "uas", "uac", 5, 5, 2500, ANSWERED, pcap=True),
+    Recording("kamailio_answered", "answered", 5, 5, 2500, pcap=True),
+    Recording("kamailio_busy", "busy", 3, 5, 1000),
+    Recording("kamailio_noanswer", "noanswer", 1, 1, 1000),
+    Recording("kamailio_cancel", "cancel", 3, 5, 1000),
+    Recording("kamailio_reinvite", "reinvite", 2, 5, 1500),
     Recording(
-        "kamailio_busy", "uas_busy", "uac_rejected", 3, 5, 1000,
-        (("INVITE", 2), ("100", 2), ("486", 2), ("ACK", 2)),
-    ),
-    Recording(
-        "kamailio_noanswer", "uas_noanswer", "uac_rejected", 1, 1, 1000,
-        (("INVITE", 2), ("100", 1), ("180", 2), ("480", 2), ("ACK", 2)),
-    ),
-    Recording(
-        "kamailio_cancel", "uas_noanswer", "uac_cancel", 3, 5, 1000,
-        (("INVITE", 2), ("100", 1), ("180", 2), ("CANCEL", 2), ("200", 2), ("487", 2),
-         ("ACK", 2)),
-    ),
-    Recording(
-        "kamailio_reinvite", "uas_reinvite", "uac_reinvite", 2, 5, 1500,
-        (("INVITE", 4), ("100", 2), ("180", 2), ("200", 6), ("ACK", 2), ("BYE", 2)),
-    ),
-    Recording(
-        "kamailio_hepv2", "uas", "uac", 2, 5, 1500, ANSWERED,
+        "kamailio_hepv2", "answered", 2, 5, 1500,
         hep_version=2, capture_id=CAPTURE_ID_V2, pcap=True, raw=False,
     ),
 )  # fmt: skip
@@ -94,7 +80,7 @@ def record(rec: Recording, out: Path, scratch: Path) -> None:
     work = scratch / rec.name
     with (
         HepRecorder(PROXY_HOST, HEP_PORT) as hep,
-        sipp_uas(GATEWAY_HOST, SIP_PORT, rec.uas, workdir=work / "uas"),
+        sipp_uas(GATEWAY_HOST, SIP_PORT, rec.scenarios.uas, workdir=work / "uas"),
         Kamailio(
             listen=(PROXY_HOST, SIP_PORT),
             hep_to=hep.address,
@@ -111,7 +97,7 @@ def record(rec: Recording, out: Path, scratch: Path) -> None:
             calls=rec.calls,
             rate=rec.rate,
             duration_ms=rec.duration_ms,
-            scenario=rec.uac,
+            scenario=rec.scenarios.uac,
             workdir=work / "uac",
         )
         if not result.ok or result.successful != rec.calls:
@@ -119,8 +105,9 @@ def record(rec: Recording, out: Path, scratch: Path) -> None:
         hep.wait_quiet(1.0)
         packets = hep.packets
     seen = Counter(sip_label(p.data) for p in packets)
-    if seen != rec.expected():
-        raise SystemExit(f"{rec.name}: HEP packets {dict(seen)} != expected {dict(rec.expected())}")
+    expected = rec.scenarios.expected(rec.calls)
+    if seen != expected:
+        raise SystemExit(f"{rec.name}: HEP packets {dict(seen)} != expected {dict(expected)}")
     print(f"== {rec.name}: {len(packets)} packets, {rec.calls} calls, HEPv{rec.hep_version}")
     for packet in packets:
         line = hep3_summary(packet.data) if rec.hep_version == 3 else sip_label(packet.data)

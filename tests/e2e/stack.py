@@ -132,13 +132,27 @@ def free_udp_port(host: str = PROXY_HOST, *, attempts: int = 20) -> int:
     raise HarnessError(f"no free UDP port on {host} after {attempts} attempts: {last_error}")
 
 
-def udp_listening(endpoint: Endpoint) -> bool:
-    """Whether some socket is bound to exactly `endpoint` (read from /proc/net/udp)."""
+def udp_listening(endpoint: Endpoint, owners: set[int] | None = None) -> bool:
+    """Whether a socket is bound to exactly `endpoint` (read from /proc/net/udp).
+
+    With `owners`, the socket must also be held by one of those pids: a port taken by
+    another process must not pass for a server that failed to bind it.
+    """
     packed = socket.inet_aton(endpoint.host)
     wanted = f"{struct.unpack('<I', packed)[0]:08X}:{endpoint.port:04X}"
     with open("/proc/net/udp", encoding="ascii") as table:
         next(table)
-        return any(line.split()[1] == wanted for line in table)
+        inodes = {fields[9] for fields in map(str.split, table) if fields[1] == wanted}
+    if owners is None or not inodes:
+        return bool(inodes)
+    links = {f"socket:[{inode}]" for inode in inodes}
+    for pid in owners:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, PermissionError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    if os.readlink(fd) in links:
+                        return True
+    return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -329,7 +343,10 @@ class _Service:
 
     def _wait_listening(self, endpoint: Endpoint, timeout: float) -> None:
         process = self.process
-        ready = _wait_until(lambda: not process.running() or udp_listening(endpoint), timeout)
+        ready = _wait_until(
+            lambda: not process.running() or udp_listening(endpoint, process_group(process.pid)),
+            timeout,
+        )
         if not process.running():
             raise HarnessError(
                 f"{process.name}: exited with status {process.popen.returncode} before "
@@ -797,6 +814,9 @@ class SipStack:
     def pids(self) -> set[int]:
         """Every pid of the proxy and the gateway seen so far."""
         return self.kamailio.pids | self.uas.pids
+
+
+SipStackFactory = Callable[..., SipStack]  # conftest's sip_stack_factory fixture
 
 
 class HepPacket(NamedTuple):
