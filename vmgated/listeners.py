@@ -298,6 +298,7 @@ class InterfaceListeners:
             for host in sorted(self.listeners.keys() - wanted):
                 log.info("interface %s lost %s: closing its listener", self.ifname, host)
                 self.listeners.pop(host).stop()
+            await asyncio.sleep(0)  # uvloop closes sockets on the next iteration: free ports
             for host in sorted(wanted - self.listeners.keys()):
                 listener = self.make(host)
                 try:

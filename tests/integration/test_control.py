@@ -1,0 +1,173 @@
+"""Issue 5 part 5 transport: the JSON-lines control socket, server and client, for real."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from vmgated.control import ControlError, ControlServer, DaemonNotRunning, Progress, call
+
+T = TypeVar("T")
+
+
+async def status(args: dict[str, Any], progress: Progress) -> object:
+    return {"state": "running", "echo": args}
+
+
+async def pay(args: dict[str, Any], progress: Progress) -> object:
+    if args.get("amount") == "-1":
+        raise ControlError("pay: amount must be positive, got -1")
+    return {"reference": args["ref"]}
+
+
+async def replay(args: dict[str, Any], progress: Progress) -> object:
+    total = int(args["total"])
+    for done in range(1, total + 1):
+        progress(done, total)
+        await asyncio.sleep(0.03)
+    return {"packets": total}
+
+
+async def crash(args: dict[str, Any], progress: Progress) -> object:
+    raise KeyError("bug")
+
+
+async def not_json(args: dict[str, Any], progress: Progress) -> object:
+    return {1, 2}
+
+
+HANDLERS = {"status": status, "pay": pay, "replay": replay, "crash": crash,
+            "not_json": not_json}
+
+
+def with_server(path: Path, client: Callable[[], T]) -> T:
+    """Run the server on uvloop and the blocking client in a thread, like vmgatectl does."""
+
+    async def main() -> T:
+        server = ControlServer(path, HANDLERS)
+        await server.start()
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            await server.stop()
+
+    return uvloop.run(main())
+
+
+def test_request_and_result(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    result = with_server(sock, lambda: call(sock, "status", {"verbose": True}))
+    assert result == {"state": "running", "echo": {"verbose": True}}
+
+
+def test_socket_is_mode_0660_and_removed_at_stop(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+
+    def check() -> int:
+        return stat.S_IMODE(os.stat(sock).st_mode)
+
+    assert with_server(sock, check) == 0o660
+    assert not sock.exists()
+
+
+def test_handler_errors_are_responses_and_the_server_lives_on(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+
+    def client() -> list[str]:
+        errors = []
+        for cmd, args in (("pay", {"amount": "-1", "ref": "x"}), ("crash", {}),
+                          ("not_json", {}), ("nope", {})):
+            with pytest.raises(ControlError) as info:
+                call(sock, cmd, args)
+            errors.append(str(info.value))
+        assert call(sock, "pay", {"amount": "5", "ref": "r1"}) == {"reference": "r1"}
+        return errors
+
+    errors = with_server(sock, client)
+    assert errors[0] == "pay: amount must be positive, got -1"
+    assert errors[1].startswith("crash failed inside the daemon: KeyError")
+    assert errors[2].startswith("not_json failed inside the daemon: TypeError")
+    assert errors[3].startswith("unknown command 'nope'; known: crash, not_json, pay")
+
+
+def test_progress_is_streamed_before_the_result(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    seen: list[tuple[int, int]] = []
+    result = with_server(sock, lambda: call(sock, "replay", {"total": 10},
+                                            on_progress=lambda d, t: seen.append((d, t)),
+                                            timeout=5))
+    assert result == {"packets": 10}
+    assert seen[-1] == (10, 10)  # the final count always arrives
+    assert 2 <= len(seen) <= 10  # throttled, but visible while it runs
+    assert seen == sorted(seen)
+
+
+def test_many_requests_on_one_connection_and_bad_lines(tmp_path: Path) -> None:
+    sock_path = tmp_path / "control.sock"
+
+    def client() -> list[dict[str, Any]]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(sock_path))
+            s.sendall(b'{"cmd": "status"}\nnot json\n[1]\n{"cmd": "pay", "args": {"ref": "a"}}\n')
+            reader = s.makefile("rb")
+            return [json.loads(reader.readline()) for _ in range(4)]
+
+    answers = with_server(sock_path, client)
+    assert answers[0] == {"ok": True, "result": {"state": "running", "echo": {}}}
+    assert answers[1]["ok"] is False and "not JSON" in answers[1]["error"]
+    assert answers[2]["ok"] is False and '"cmd"' in answers[2]["error"]
+    assert answers[3] == {"ok": True, "result": {"reference": "a"}}
+
+
+def test_daemon_not_running_is_a_clear_message(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    with pytest.raises(DaemonNotRunning, match=r"vmgated is not running \(no control socket at "):
+        call(sock, "status")
+    # A socket file left by a daemon that was killed: nothing accepts on it.
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    with pytest.raises(DaemonNotRunning):
+        call(sock, "status")
+
+
+def test_stale_socket_is_replaced_but_a_live_daemon_is_not(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    assert with_server(sock, lambda: call(sock, "status"))["state"] == "running"
+
+    async def two_daemons() -> str:
+        first = ControlServer(sock, HANDLERS)
+        await first.start()
+        try:
+            with pytest.raises(ControlError, match="another vmgated is already running"):
+                await ControlServer(sock, HANDLERS).start()
+            return await asyncio.to_thread(call, sock, "status")  # type: ignore[no-any-return]
+        finally:
+            await first.stop()
+
+    assert uvloop.run(two_daemons())["state"] == "running"  # type: ignore[index]
+
+
+def test_a_plain_file_in_the_way_is_refused(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+    sock.write_text("not a socket")
+
+    async def start() -> None:
+        await ControlServer(sock, HANDLERS).start()
+
+    with pytest.raises(ControlError, match="is not a socket"):
+        uvloop.run(start())
+    assert sock.read_text() == "not a socket"

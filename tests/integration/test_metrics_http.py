@@ -1,0 +1,196 @@
+"""SPEC §9: GET /metrics over real HTTP, exact money text, names and labels as specified."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+
+import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from vmgated.metrics import (
+    BalanceSummary,
+    Counters,
+    Histogram,
+    MetricsCollector,
+    MetricsServer,
+    MetricsSettings,
+)
+
+SPEC_NAMES = {
+    "vmgated_tenant_balance", "vmgated_customer_total", "vmgated_owed_to_clients",
+    "vmgated_owed_to_resellers", "vmgated_account_balance", "vmgated_active_calls",
+    "vmgated_concurrent_ports_limit", "vmgated_calls_total", "vmgated_billed_seconds_total",
+    "vmgated_unrated_calls_total", "vmgated_negative_margin_calls_total",
+    "vmgated_packets_total", "vmgated_udp_receive_errors_total",
+    "vmgated_ledger_commit_seconds",
+}
+
+
+class Balances:
+    """A stand-in for the ledger projection: plain integers in micro-units."""
+
+    def summary(self, currency: str) -> BalanceSummary:
+        return BalanceSummary(12_345_678, -100_000_000_000_001, 7, 0)
+
+    def accounts(self, currency: str) -> Iterable[tuple[str, str, int]]:
+        return [("customer", "acme", -100_000_000_000_001), ("client", "gw-01", 7),
+                ("reseller", 'r-"q"', 0)]
+
+
+def populated(per_account: bool = True) -> MetricsCollector:
+    counters = Counters()
+    counters.count_packets("hep", "ok", 120)
+    counters.count_packets("hep", "source", 3)
+    counters.record_call(customer="acme", client="gw-01", trunk="acme-1",
+                         disposition="answered", billsec=61)
+    counters.record_call(customer="acme", client="gw-01", trunk="acme-1", disposition="busy",
+                         billsec=0)
+    counters.record_call(customer="acme", client=None, trunk="acme-1", disposition="answered",
+                         billsec=5, unrated_reason="no_destination", negative_margin=True)
+    histogram = Histogram()
+    histogram.observe(0.0007)
+    histogram.observe(0.003)
+    settings = MetricsSettings(currencies=("USD",), concurrent_ports_limit=200,
+                               per_account=per_account,
+                               account_info=(("customer", "acme", "prepaid"),))
+    return MetricsCollector(counters, settings=settings, balances=Balances(),
+                            active_calls=lambda: {("acme-1", "gw-01"): 4},
+                            udp_drops=lambda: 9, queue_depth=lambda: 2,
+                            ledger_commit=histogram)
+
+
+def scrape(collector: MetricsCollector, path: str = "/metrics") -> tuple[int, str, str]:
+    async def main() -> tuple[int, str, str]:
+        server = MetricsServer(collector, "127.0.0.1", 0)
+        await server.start()
+        host, port = server.sockname
+
+        def get() -> tuple[int, str, str]:
+            try:
+                with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
+                    return resp.status, resp.headers["Content-Type"], resp.read().decode()
+            except urllib.error.HTTPError as err:
+                return err.code, err.headers["Content-Type"], err.read().decode()
+
+        try:
+            return await asyncio.to_thread(get)
+        finally:
+            await server.stop()
+
+    return uvloop.run(main())
+
+
+def value_of(text: str, series: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return line.split(" ", 1)[1]
+    raise AssertionError(f"{series} not in scrape")
+
+
+def test_scrape_serves_every_spec_metric() -> None:
+    status, ctype, text = scrape(populated())
+    assert status == 200
+    assert ctype.startswith("text/plain; version=0.0.4")
+    names = {fam.name for fam in text_string_to_metric_families(text)}
+    # The parser strips `_total` from counter family names.
+    exposed = {re.sub(r"(_bucket|_sum|_count)$", "", line.split("{")[0].split(" ")[0])
+               for line in text.splitlines() if line.startswith("vmgated_")}
+    assert SPEC_NAMES <= exposed, SPEC_NAMES - exposed
+    assert "process_resident_memory_bytes" in names
+
+
+def test_money_is_rendered_exactly_from_micro_units() -> None:
+    _, _, text = scrape(populated())
+    assert value_of(text, 'vmgated_tenant_balance{currency="USD"}') == "12.345678"
+    # 100 million and one micro-unit: float64 would print -100000000.00000001 as -1e8.
+    assert value_of(text, 'vmgated_customer_total{currency="USD"}') == "-100000000.000001"
+    assert value_of(text, 'vmgated_owed_to_clients{currency="USD"}') == "0.000007"
+    assert value_of(text, 'vmgated_owed_to_resellers{currency="USD"}') == "0.000000"
+    assert value_of(
+        text, 'vmgated_account_balance{currency="USD",kind="customer",account="acme"}'
+    ) == "-100000000.000001"
+    assert value_of(  # label values are escaped
+        text, 'vmgated_account_balance{currency="USD",kind="reseller",account="r-\\"q\\""}'
+    ) == "0.000000"
+
+
+def test_call_and_input_counters() -> None:
+    _, _, text = scrape(populated())
+    assert value_of(
+        text, 'vmgated_calls_total{customer="acme",client="gw-01",disposition="answered"}'
+    ) == "1"
+    assert value_of(
+        text, 'vmgated_calls_total{customer="acme",client="unknown",disposition="answered"}'
+    ) == "1"
+    assert value_of(text, "vmgated_billed_seconds_total") == "66"
+    assert value_of(text, 'vmgated_unrated_calls_total{reason="no_destination"}') == "1"
+    assert value_of(text, "vmgated_negative_margin_calls_total") == "1"
+    assert value_of(text, 'vmgated_packets_total{input="hep",result="ok"}') == "120"
+    assert value_of(text, 'vmgated_packets_total{input="hep",result="source"}') == "3"
+    assert value_of(text, "vmgated_udp_receive_errors_total") == "9"
+    assert value_of(text, 'vmgated_trunk_attempts_total{trunk="acme-1"}') == "3"
+    assert value_of(text, 'vmgated_trunk_answered_total{trunk="acme-1"}') == "2"
+    assert value_of(text, 'vmgated_trunk_billed_seconds_total{trunk="acme-1"}') == "66"
+    assert value_of(text, 'vmgated_client_answered_total{client="gw-01"}') == "1"
+    assert value_of(text, 'vmgated_active_calls{trunk="acme-1",client="gw-01"}') == "4"
+    assert value_of(text, "vmgated_concurrent_ports_limit") == "200"
+    assert value_of(text, "vmgated_ledger_queue_depth") == "2"
+
+
+def test_commit_latency_histogram_is_cumulative() -> None:
+    _, _, text = scrape(populated())
+    assert value_of(text, 'vmgated_ledger_commit_seconds_bucket{le="0.0005"}') == "0"
+    assert value_of(text, 'vmgated_ledger_commit_seconds_bucket{le="0.001"}') == "1"
+    assert value_of(text, 'vmgated_ledger_commit_seconds_bucket{le="0.005"}') == "2"
+    assert value_of(text, 'vmgated_ledger_commit_seconds_bucket{le="+Inf"}') == "2"
+    assert value_of(text, "vmgated_ledger_commit_seconds_count") == "2"
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["vmgated_ledger_commit_seconds"].type == "histogram"
+
+
+def test_per_account_series_can_be_switched_off() -> None:
+    _, _, text = scrape(populated(per_account=False))
+    assert "vmgated_account_balance" not in text
+    assert "vmgated_account_info" not in text
+    assert value_of(text, 'vmgated_tenant_balance{currency="USD"}') == "12.345678"
+
+
+def test_a_failing_provider_loses_only_its_own_series() -> None:
+    collector = populated()
+
+    def broken() -> int:
+        raise RuntimeError("projection not loaded")
+
+    collector.udp_drops = broken
+    status, _, text = scrape(collector)
+    assert status == 200
+    assert "vmgated_udp_receive_errors_total" not in text
+    assert value_of(text, 'vmgated_tenant_balance{currency="USD"}') == "12.345678"
+
+
+def test_other_paths_are_not_found() -> None:
+    status, _, _ = scrape(populated(), "/nope")
+    assert status == 404
+
+
+def test_scrape_runs_on_the_loop_without_blocking_it_for_long() -> None:
+    # 10,000 accounts: the scrape must stay well under a pipeline tick budget.
+    class Many(Balances):
+        def accounts(self, currency: str) -> Iterable[tuple[str, str, int]]:
+            return [("customer", f"c{i}", i * 1_000_001) for i in range(10_000)]
+
+    collector = populated()
+    collector.balances = Many()
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        body = collector.render()
+        assert body.count(b"vmgated_account_balance{") == 10_000
+        return loop.time() - start
+
+    assert uvloop.run(main()) < 0.5
