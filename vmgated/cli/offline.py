@@ -83,8 +83,8 @@ def seconds_arg(text: str) -> int:
 
 
 def now_us() -> EpochUs:
-    """The wall clock, in EpochUs."""
-    return time.time_ns() // 1000
+    """The wall clock in EpochUs, whole seconds (what a person would type for --at)."""
+    return time.time_ns() // 1_000_000_000 * 1_000_000
 
 
 def load(args: argparse.Namespace) -> Config:
