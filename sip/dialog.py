@@ -79,8 +79,8 @@ class _Call:
 
     __slots__ = (
         "answer", "call_id", "callee", "caller", "cancelled", "capture_ids", "code",
-        "correlation_id", "from_tag", "hop_keys", "hops", "last_ts", "legs", "refresh_ts",
-        "session_expires", "start",
+        "correlation_id", "from_tag", "hop_keys", "hops", "last_ts", "legs", "refresh_cseq",
+        "refresh_ts", "session_expires", "start",
     )  # fmt: skip
 
     def __init__(
@@ -102,6 +102,7 @@ class _Call:
         self.legs: list[_Dialog] = []
         self.last_ts = start
         self.refresh_ts = 0
+        self.refresh_cseq = -1  # CSeq of the last refreshing request (-1: the initial INVITE)
         self.session_expires: int | None = None
 
 
@@ -345,9 +346,13 @@ class Tracker:
         elif effect is Effect.END_GONE:
             return [self._finish(call, ts, ts, (f"ended_by_{msg.status}",))]
         elif effect is Effect.REFRESH:
-            if ts > call.refresh_ts:
+            # Copies of one refreshing 2xx keep its first capture time; a newer one moves on.
+            if msg.cseq_num != call.refresh_cseq:
+                call.refresh_cseq = msg.cseq_num
                 call.refresh_ts = ts
                 call.session_expires = msg.session_expires
+            elif ts < call.refresh_ts:
+                call.refresh_ts = ts
         return []
 
     # -- closing -----------------------------------------------------------------------------
@@ -464,6 +469,7 @@ class Tracker:
                     "capture_ids": call.capture_ids,
                     "last_ts": call.last_ts,
                     "refresh_ts": call.refresh_ts,
+                    "refresh_cseq": call.refresh_cseq,
                     "session_expires": call.session_expires,
                     "legs": [
                         {
@@ -517,10 +523,12 @@ class Tracker:
                 call.capture_ids = [int(x) for x in c["capture_ids"]]
                 call.last_ts = int(c["last_ts"])
                 call.refresh_ts = int(c["refresh_ts"])
+                call.refresh_cseq = int(c["refresh_cseq"])
                 call.session_expires = c["session_expires"]
                 for leg in c["legs"]:
                     key = (str(leg["key"][0]), leg["key"][1])
-                    d = _Dialog(key, call, int(leg["invite_cseq"]), tuple(leg["origin"]))  # type: ignore[arg-type]
+                    origin = (str(leg["origin"][0]), int(leg["origin"][1]))
+                    d = _Dialog(key, call, int(leg["invite_cseq"]), origin)
                     d.state = State[leg["state"]]
                     d.to_tag = leg["to_tag"]
                     d.reject_code = int(leg["reject_code"])
