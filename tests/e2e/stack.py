@@ -665,9 +665,10 @@ class ScenarioPair(NamedTuple):
 
 
 # Observed with Debian kamailio 5.6.3 and sipp 3.6.1 (tests/data/README.md has the detail).
-# The proxy traces a request as received and as relayed, every reply as received and as
-# relayed, its own 100 once, and an ACK once (a 2xx ACK is relayed outside the transaction,
-# the ACK of a negative reply is absorbed, and the proxy's own ACK upstream is not traced).
+# The proxy traces a request as received and as relayed, a reply as received and as relayed,
+# its own 100 once, the gateway's 100 once (absorbed), the ACK to a 2xx once (relayed outside
+# the transaction), and for a negative reply both its own ACK to the gateway and the caller's
+# ACK it absorbs.
 SCENARIO_PAIRS: dict[str, ScenarioPair] = {
     "answered": ScenarioPair(
         "uas", "uac", 200,
