@@ -88,6 +88,8 @@ COLUMN_TYPES: tuple[tuple[str, type, bool], ...] = tuple(
 
 _NO_LEG: tuple[None, ...] = (None,) * len(LEG_FIELDS)
 _SEQ_CREATED = struct.Struct(">qq")
+# One encoder, built once: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 CallRow = tuple[Any, ...]
 PaymentRow = tuple[str, str, str, int, str]
@@ -98,6 +100,7 @@ class Encoded:
     """A transaction as rows (without `seq`) plus its content digest (32 raw bytes)."""
 
     tx: Transaction
+    kind: str
     postings: tuple[tuple[str, int], ...]
     call_row: CallRow | None
     payment_row: PaymentRow | None
@@ -151,7 +154,7 @@ def call_row(entry: CallEntry) -> CallRow:
         entry.sip_code,
         entry.disposition,
         entry.margin,
-        json.dumps(list(entry.flags), ensure_ascii=False, separators=(",", ":")),
+        _JSON.encode(list(entry.flags)),
         ",".join(Party(leg.party).value for leg in entry.legs),
     )
     legs: tuple[Any, ...] = ()
@@ -248,7 +251,7 @@ def canonical(
         None if call is None else list(call),
         None if payment is None else list(payment),
     ]
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(doc).encode("utf-8")
 
 
 def check_types(tx: Transaction, crow: CallRow | None, prow: PaymentRow | None) -> None:
@@ -291,8 +294,9 @@ def encode(tx: Transaction) -> Encoded:
     crow = None if tx.call is None else call_row(tx.call)
     prow = None if tx.payment is None else payment_row(tx.payment)
     check_types(tx, crow, prow)
-    body = canonical(tx.key, tx.kind.value, tx.currency, tx.reason, postings, crow, prow)
-    return Encoded(tx, postings, crow, prow, hashlib.sha256(body).digest())
+    kind = tx.kind.value
+    body = canonical(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
+    return Encoded(tx, kind, postings, crow, prow, hashlib.sha256(body).digest())
 
 
 def chain_hash(prev_hash: bytes, seq: int, created: int, digest: bytes) -> bytes:
@@ -302,5 +306,5 @@ def chain_hash(prev_hash: bytes, seq: int, created: int, digest: bytes) -> bytes
 
 def rating_digest(entry: CallEntry) -> str:
     """A short stable id of one rating of a call (16 hex chars), used in rerate keys."""
-    body = json.dumps(list(call_row(entry)), ensure_ascii=False, separators=(",", ":"))
+    body = _JSON.encode(list(call_row(entry)))
     return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]

@@ -38,8 +38,10 @@ from ledger.model import (
 from rating.model import Party
 
 MAX_AMOUNT = 1 << 62  # SQLite INTEGER is signed 64-bit; keep sums of two amounts in range
-_ID_KINDS = frozenset({AccountKind.CUSTOMER, AccountKind.CLIENT, AccountKind.RESELLER})
-_BARE_KINDS = frozenset({AccountKind.TENANT, AccountKind.EXTERNAL})
+_ID_KINDS = frozenset(
+    k.value for k in (AccountKind.CUSTOMER, AccountKind.CLIENT, AccountKind.RESELLER)
+)
+_BARE_KINDS = frozenset(k.value for k in (AccountKind.TENANT, AccountKind.EXTERNAL))
 _PAYMENT_SHAPE = {
     TxKind.PAYMENT_IN: ("IN", "Customer", AccountKind.CUSTOMER, 1),
     TxKind.CLIENT_PAYOUT: ("OUT", "VMGateClient", AccountKind.CLIENT, -1),
@@ -207,18 +209,18 @@ def rerate(
 
 def check_account(name: str) -> None:
     """Refuse a name other than `tenant`, `external`, `customer|client|reseller:<id>`."""
-    kind_text, sep, ident = name.partition(":")
-    try:
-        kind = AccountKind(kind_text)
-    except ValueError:
+    kind, sep, ident = name.partition(":")
+    if kind in _ID_KINDS:
+        if not ident:
+            raise InvalidTransaction(f"account {name!r}: {kind} needs an id ({kind}:<id>)")
+    elif kind in _BARE_KINDS:
+        if sep:
+            raise InvalidTransaction(f"account {name!r}: {kind} takes no id")
+    else:
         raise InvalidTransaction(
-            f"account {name!r}: kind {kind_text!r} is unknown; use tenant, external, "
+            f"account {name!r}: kind {kind!r} is unknown; use tenant, external, "
             "customer:<id>, client:<id> or reseller:<id>"
-        ) from None
-    if kind in _BARE_KINDS and sep:
-        raise InvalidTransaction(f"account {name!r}: {kind.value} takes no id")
-    if kind in _ID_KINDS and not ident:
-        raise InvalidTransaction(f"account {name!r}: {kind.value} needs an id ({kind.value}:<id>)")
+        )
 
 
 def check(tx: Transaction) -> None:

@@ -44,7 +44,7 @@ from ledger.errors import (
     LedgerFull,
     LedgerWriteFailed,
 )
-from ledger.model import Receipt, Transaction, TxKind
+from ledger.model import Receipt, Transaction
 from ledger.transactions import check
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class Writer:
                     (
                         seq,
                         tx.key,
-                        tx.kind.value,
+                        enc.kind,
                         tx.currency,
                         tx.created,
                         tx.reason,
@@ -377,7 +377,7 @@ class Writer:
             crow = enc.call_row
             if crow is not None:
                 plan.call_rows.append((seq, *crow))
-                if enc.tx.kind is TxKind.CALL:
+                if enc.kind == "call":
                     for plan_i, unrated_i, prefix_i, since_i in _RATE_OFFSETS:
                         rate = (crow[plan_i], crow[prefix_i], crow[since_i])
                         if (

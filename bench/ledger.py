@@ -1,0 +1,194 @@
+"""Ledger throughput: durable transactions/s and postings/s through the writer, beside raw
+`sqlite3.executemany` of the same rows into the same schema, in the same run.
+
+    /work/venv/bin/python bench/ledger.py [--calls 100000] [--payments 50000]
+
+Writer: `submit_nowait` as fast as the queue takes it (retrying on LedgerFull), every future
+awaited, so every counted transaction is acknowledged as durable (WAL, synchronous=FULL).
+Baseline: the rows the writer would write (pre-encoded, pre-hashed) inserted with one
+executemany per table and one COMMIT per 2,000 transactions — the floor SQLite itself sets.
+Commit latency is the writer's own per-group time (BEGIN → COMMIT), p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ledger import transactions as tx  # noqa: E402
+from ledger.codec import CALL_FIELDS, PAYMENT_FIELDS, chain_hash, encode  # noqa: E402
+from ledger.errors import LedgerFull  # noqa: E402
+from ledger.model import CallEntry, Transaction  # noqa: E402
+from ledger.store import Ledger, configure, migrate  # noqa: E402
+from rating.model import Leg, Party  # noqa: E402
+
+T0 = 1_795_000_000_000_000
+
+
+def _leg(party: Party, amount: int) -> Leg:
+    return Leg(
+        party=party,
+        plan=f"{party.value}-std",
+        prefix="37410",
+        description="Armenia Yerevan",
+        rate_per_min=Decimal("0.0420"),
+        connection_fee=Decimal("0"),
+        connection_sec=0,
+        billing_block_sec=1,
+        valid_since=T0 - 86_400_000_000,
+        charged_sec=61,
+        amount=amount,
+    )
+
+
+def make_calls(n: int) -> list[Transaction]:
+    """n rated three-leg calls (4 postings each) over 50 customers and 200 clients."""
+    out = []
+    for i in range(n):
+        legs = (
+            _leg(Party.CUSTOMER, 42_700),
+            _leg(Party.VMGATECLIENT, 30_500),
+            _leg(Party.RESELLER, 1_220),
+        )
+        entry = CallEntry(
+            call_uid=f"{i:024x}",
+            call_id=f"{i}-bench@10.0.0.1",
+            trunk=f"t{i % 50}",
+            customer=f"c{i % 50}",
+            client=f"gw{i % 200}",
+            network="yerevan-1",
+            reseller=f"r{i % 5}",
+            caller="1000",
+            callee="0037410000000",
+            number="37410000000",
+            start=T0 + i * 1000,
+            answer=T0 + i * 1000 + 2_000_000,
+            end=T0 + i * 1000 + 63_000_000,
+            billsec=61,
+            sip_code=200,
+            disposition="answered",
+            legs=legs,
+            margin=42_700 - 30_500 - 1_220,
+        )
+        out.append(tx.call_tx(entry, "USD", T0 + i))
+    return out
+
+
+def make_payments(n: int) -> list[Transaction]:
+    """n customer payments (2 postings each)."""
+    return [tx.payment_in(f"c{i % 50}", 1_000_000, f"bank-{i}", T0 + i, "USD") for i in range(n)]
+
+
+async def through_writer(path: str, txs: list[Transaction]) -> tuple[float, list[float]]:
+    """Seconds to durably commit every transaction through Ledger, and per-group latencies."""
+    ledger = await Ledger.open(path)
+    latencies: list[float] = []
+    ledger.on_commit = lambda size, seconds: latencies.append(seconds)
+    futures = []
+    started = time.perf_counter()
+    for t in txs:
+        while True:
+            try:
+                futures.append(ledger.submit_nowait(t))
+                break
+            except LedgerFull:
+                await asyncio.sleep(0.001)
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - started
+    await ledger.close()
+    return elapsed, latencies
+
+
+def raw_executemany(path: str, txs: list[Transaction], group: int = 2000) -> float:
+    """Seconds to insert the same rows with plain sqlite3 executemany, one COMMIT per group."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    configure(conn)
+    migrate(conn)
+    prev = bytes(32)
+    rows_tx, rows_p, rows_c, rows_y = [], [], [], []
+    for seq, t in enumerate(txs, 1):
+        enc = encode(t)
+        link = chain_hash(prev, seq, t.created, enc.digest)
+        rows_tx.append(
+            (seq, t.key, t.kind.value, t.currency, t.created, t.reason, enc.digest.hex(),
+             prev.hex(), link.hex())
+        )
+        rows_p.extend((seq, i, a, m) for i, (a, m) in enumerate(enc.postings))
+        if enc.call_row is not None:
+            rows_c.append((seq, *enc.call_row))
+        if enc.payment_row is not None:
+            rows_y.append((seq, *enc.payment_row))
+        prev = link
+    call_sql = (
+        f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
+        f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
+    )
+    pay_sql = (
+        f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
+        f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
+    )
+    started = time.perf_counter()
+    per_tx = {r[0]: r for r in rows_tx}
+    for lo in range(1, len(txs) + 1, group):
+        hi = lo + group
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [per_tx[s] for s in range(lo, min(hi, len(txs) + 1))],
+        )
+        conn.executemany(
+            "INSERT INTO postings VALUES (?, ?, ?, ?)", [r for r in rows_p if lo <= r[0] < hi]
+        )
+        conn.executemany(call_sql, [r for r in rows_c if lo <= r[0] < hi])
+        conn.executemany(pay_sql, [r for r in rows_y if lo <= r[0] < hi])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+def run(label: str, txs: list[Transaction], postings_each: int) -> None:
+    """Measure one workload through the writer and raw, print one table row each."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp:
+        elapsed, lat = asyncio.run(through_writer(str(Path(tmp, "w.db")), txs))
+        raw = raw_executemany(str(Path(tmp, "raw.db")), txs)
+    n = len(txs)
+    print(
+        f"| {label} writer | {n} | {n / elapsed:,.0f} | {n * postings_each / elapsed:,.0f} "
+        f"| {_pct(lat, 0.5) * 1000:.1f} | {_pct(lat, 0.99) * 1000:.1f} | {len(lat)} |"
+    )
+    print(
+        f"| {label} raw executemany (baseline) | {n} | {n / raw:,.0f} "
+        f"| {n * postings_each / raw:,.0f} | – | – | – |"
+    )
+
+
+def main() -> None:
+    """Run both workloads and print a markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--payments", type=int, default=50_000)
+    args = parser.parse_args()
+    print("| workload | tx | tx/s durable | postings/s durable | commit p50 ms "
+          "| commit p99 ms | groups |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    run("3-leg calls (4 postings + call row)", make_calls(args.calls), 4)
+    run("payments (2 postings + payment row)", make_payments(args.payments), 2)
+
+
+if __name__ == "__main__":
+    main()
