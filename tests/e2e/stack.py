@@ -754,11 +754,14 @@ class SipStack:
 
     def _retry(self, start: Callable[[], _S]) -> _S:
         for attempt in range(1, self.start_attempts + 1):
+            service = start()
             try:
-                return self._stack.enter_context(start())
+                self._stack.enter_context(service)
             except HarnessError:
                 if attempt == self.start_attempts:
                     raise
+            else:
+                return service
         raise AssertionError("unreachable")
 
     def __enter__(self) -> Self:
@@ -946,7 +949,7 @@ class HepRecorder:
 
 
 def _ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF

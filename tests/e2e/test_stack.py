@@ -114,6 +114,22 @@ def test_scenario_pairs_trace_as_documented(sip_stack_factory: SipStackFactory, 
     assert labels[str(pair.sip_code)] >= 2
 
 
+def test_hep_goes_to_an_external_receiver_when_given(
+    sip_stack_factory: SipStackFactory, hep_recorder: HepRecorder
+) -> None:
+    # The shape a daemon fixture uses: Kamailio's siptrace aimed at vmgated's HEP listener.
+    stack = sip_stack_factory(hep_to=hep_recorder.address, capture_id=2001)
+    assert stack.call(calls=2, rate=10, duration_ms=200).ok
+
+    hep_recorder.wait_quiet(0.5)
+    assert len(hep_recorder.packets) == 24
+    assert {int.from_bytes(chunks(p.data)[CAPTURE_ID], "big") for p in hep_recorder.packets} == {
+        2001
+    }
+    with pytest.raises(HarnessError, match="external receiver"):
+        _ = stack.recorder
+
+
 def test_hep_version_2_is_not_hep3(sip_stack_factory: SipStackFactory) -> None:
     stack = sip_stack_factory(hep_version=2, capture_id=7)
     assert stack.call(calls=1, rate=1, duration_ms=200).ok
