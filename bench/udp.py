@@ -27,8 +27,8 @@ import uvloop
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vmgated.listeners import UdpListener  # noqa: E402
-from vmgated.procnet import socket_inode, udp_drops  # noqa: E402
+from vmgated.listeners import UdpListener
+from vmgated.procnet import socket_inode, udp_drops
 
 IDLE = 0.5  # seconds without a datagram that ends a receive run
 

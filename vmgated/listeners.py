@@ -5,12 +5,13 @@ delivered by one `on_batch` call, so per-packet Python overhead stays in one tig
 Drops decided here (source not allowed, oversized) are counted in `Counters.packets` under the
 listener's input name and logged at most every `LOG_EVERY` seconds.
 
-Receive path choice (bench/udp.py, 2026-11-22, 2-core sandbox, 800-byte datagrams drained from
-a pre-filled socket buffer by uvloop; see bench/README.md "UDP receive"):
-asyncio-dgram `await recv()` 144k/s, raw `asyncio.DatagramProtocol` 513k/s (+256%), this
-listener (protocol + per-tick batch + allow-list) 414k/s, blocking `recvfrom` loop 616k/s.
+Receive path choice (bench/udp.py, 2026-11-22, 2-core sandbox, 200k datagrams of 800 bytes
+drained by uvloop from a buffer a second process pre-filled; see bench/README.md "UDP receive"):
+asyncio-dgram `await recv()` 253k/s, raw `asyncio.DatagramProtocol` 458k/s (+81%), this
+listener (protocol + per-tick batch + allow-list) 469k/s, blocking `recvfrom` baseline 410k/s.
 asyncio-dgram pays a queue put, a future and a coroutine resume per datagram; the difference
-is far over the 10% bar, so the listener uses the raw protocol.
+is far over the 10% bar, so the listener uses the raw protocol (asyncio-dgram stays a
+dependency of SPEC §2 but is not on this path).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ __all__ = [
     "DEFAULT_RCVBUF",
     "MAX_UDP_PAYLOAD",
     "Batch",
-    "InterfaceListeners",
     "IPNetwork",
+    "InterfaceListeners",
     "UdpListener",
 ]
 

@@ -14,6 +14,7 @@ becomes usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def _usable(msg: Any) -> str | None:
 
 
 async def _resolve(ifname: str) -> frozenset[str]:
-    from pyroute2 import AsyncIPRoute
+    from pyroute2 import AsyncIPRoute  # type: ignore[import-untyped]
 
     async with AsyncIPRoute() as ipr:
         indexes = await ipr.link_lookup(ifname=ifname)
@@ -99,10 +100,8 @@ class InterfaceWatch:
         """Stop the thread and close its netlink socket."""
         loop, task = self._loop, self._task
         if loop is not None and task is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # its loop already finished
                 loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:
-                pass  # its loop already finished
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -122,7 +121,11 @@ class InterfaceWatch:
 
     async def _follow(self) -> None:
         from pyroute2 import AsyncIPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
+        from pyroute2.netlink.rtnl import (  # type: ignore[import-untyped]
+            RTMGRP_IPV4_IFADDR,
+            RTMGRP_IPV6_IFADDR,
+            RTMGRP_LINK,
+        )
 
         groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
         last: frozenset[str] | None = None
@@ -148,7 +151,5 @@ class InterfaceWatch:
 
     def _deliver(self, addresses: frozenset[str]) -> None:
         assert self._target is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # the daemon's loop closed: shutting down
             self._target.call_soon_threadsafe(self.on_change, addresses)
-        except RuntimeError:
-            pass  # the daemon's loop is closed: we are shutting down

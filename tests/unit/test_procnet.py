@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vmgated.procnet import UdpDropCounter, UdpSocketRow, parse_udp_table, udp_drops
 
+# ruff: noqa: E501  (verbatim /proc/net/udp lines)
 UDP = """\
    sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
   120: 0100007F:2364 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 41234 2 0000000000000000 17

@@ -127,7 +127,8 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_verify_would_catch_an_unknown_directive(tmp_path: Path) -> None:
     # Proves the check above is meaningful: verify reports what a typo would silently ignore.
-    result = _verify(tmp_path, UNIT.read_text().replace("[Service]\n", "[Service]\nWatchdogSecs=3\n"))
+    typo = UNIT.read_text().replace("[Service]\n", "[Service]\nWatchdogSecs=3\n")
+    result = _verify(tmp_path, typo)
     assert "Unknown key" in result.stdout + result.stderr
 
 
