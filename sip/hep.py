@@ -8,7 +8,8 @@ garbage into the SIP parser.
 
 HEPv1/v2 are what Kamailio's siptrace emits with ``hep_version 1|2``: an 8-byte header
 (version, header length, family, protocol, source port, destination port — ports big-endian),
-the two addresses, and for v2 a 12-byte *little-endian* time header
+the two addresses (header length 16 for IPv4, 40 for IPv6, as in tests/data/kamailio_hepv2.pcap),
+and for v2 a 12-byte *little-endian* time header
 (seconds, microseconds, capture id u16, 2 bytes padding) before the payload.
 
 No I/O: bytes in, `HepPacket` out.
@@ -117,7 +118,7 @@ def is_hep(data: bytes | memoryview) -> bool:
         return False
     ver, hlen, fam = head[0], head[1], head[2]
     return ver in (1, 2) and (
-        (hlen == 24 and fam == _AF_INET) or (hlen == 40 and fam == _AF_INET6)
+        (hlen == 16 and fam == _AF_INET) or (hlen == 40 and fam == _AF_INET6)
     )
 
 
@@ -267,7 +268,7 @@ def _decode_v12(data: bytes) -> HepPacket:
     if n < 16:
         raise HepError("truncated", f"{n} bytes, a HEPv1/v2 header needs at least 16")
     version, hlen, fam, proto, sport, dport = _v12_hdr.unpack_from(data, 0)
-    if fam == _AF_INET and hlen == 24:
+    if fam == _AF_INET and hlen == 16:
         src: Addr = (_ip4(data[8:12]), sport)
         dst: Addr = (_ip4(data[12:16]), dport)
     elif fam == _AF_INET6 and hlen == 40:
@@ -332,7 +333,7 @@ def encode(
         raise ValueError(f"source {src[0]} and destination {dst[0]} are different IP families")
     sec, usec = divmod(ts_us, 1_000_000)
     if version in (1, 2):
-        hlen = 24 if fam == _AF_INET else 40
+        hlen = 16 if fam == _AF_INET else 40
         head = _v12_hdr.pack(version, hlen, fam, ip_proto, src[1], dst[1]) + s + d
         if version == 2:
             head += _v2_time.pack(sec, usec, (capture_id or 0) & 0xFFFF)
