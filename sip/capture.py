@@ -184,10 +184,7 @@ def _read_pcapng(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
                 continue
             lt, exp, base2 = links[ifid]
             raw = (hi << 32) | lo
-            if base2:
-                ts = raw * 1_000_000 >> exp
-            else:
-                ts = raw * 1_000_000 // 10**exp
+            ts = (raw * 1_000_000 >> exp) if base2 else raw * 1_000_000 // 10**exp
             d = _frame(lt, body[20 : 20 + cap], ts, endian, st)
             if d is not None:
                 yield d
@@ -241,10 +238,10 @@ def _frame(
             return None
         # NULL stores the address family in the writer's byte order, LOOP in network order;
         # a value that only makes sense the other way round was written by the other one.
-        order = "little" if linktype == _LT_NULL and endian == "<" else "big"
-        fam = int.from_bytes(frame[:4], order)
+        little = linktype == _LT_NULL and endian == "<"
+        fam = int.from_bytes(frame[:4], "little" if little else "big")
         if fam > 0xFF:
-            fam = int.from_bytes(frame[:4], "big" if order == "little" else "little")
+            fam = int.from_bytes(frame[:4], "big" if little else "little")
         if fam == 2:
             return _ip(frame[4:], ts, st)
         if fam in (10, 24, 28, 30):  # AF_INET6 on Linux, NetBSD/OpenBSD, FreeBSD, macOS
@@ -256,7 +253,7 @@ def _frame(
 
 
 def _ip_by_ethertype(etype: int, pkt: bytes, ts: int, st: CaptureStats) -> Datagram | None:
-    if etype == _ETH_IPV4 or etype == _ETH_IPV6:
+    if etype in (_ETH_IPV4, _ETH_IPV6):
         return _ip(pkt, ts, st)
     st.skip("not_ip")
     return None
