@@ -1,0 +1,217 @@
+"""SPEC §5 three-leg rating: Customer charge, VMGateClient and reseller payouts, margin."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rating.deck import HEADER, parse_deck
+from rating.model import Party, RatedCall, RatePlan, Scope
+from rating.rater import ClientTariff, Rater, RaterError, TrunkTariff
+from rating.tariff import amount_micros, charged_seconds
+from rating.units import parse_time
+
+DECKS = Path(__file__).resolve().parents[2] / "conf" / "decks"
+NOV = parse_time("2026-11-22T10:00:00Z")
+
+
+def plan(name: str, scope: Scope, *rows: str) -> RatePlan:
+    text = "\n".join((HEADER, *rows)) + "\n"
+    return RatePlan(name, scope, "USD", parse_deck(text, f"{name}.csv"))
+
+
+PLANS = {
+    "retail": plan(
+        "retail",
+        Scope.CUSTOMER,
+        "44,UK,2026-01-01,,0.0200,,60,60",
+        "4420,London,2026-01-01,,0.0123,,30,6",
+    ),
+    "client": plan(
+        "client",
+        Scope.VMGATECLIENT,
+        "44,UK,2026-01-01,,0.0060,,6,6",
+        "4420,London,2026-01-01,,0.0050,,1,1",
+    ),
+    "resell": plan("resell", Scope.RESELLER, "44,UK,2026-01-01,,0.0006,,60,60"),
+    "greedy": plan("greedy", Scope.VMGATECLIENT, "44,UK,2026-01-01,,0.0500,0.01,1,1"),
+}
+TRUNKS = {
+    "acme-1": TrunkTariff("acme-1", "acme", "retail", ""),
+    "acme-2": TrunkTariff("acme-2", "acme", "retail", "0101#"),
+    "bare": TrunkTariff("bare", "bob", None, ""),
+}
+CLIENTS = {
+    "gw-01": ClientTariff("gw-01", "client", "r-alpha", "resell"),
+    "gw-direct": ClientTariff("gw-direct", "client", None, None),
+    "gw-noplan": ClientTariff("gw-noplan", None, None, None),
+    "gw-resnoplan": ClientTariff("gw-resnoplan", "client", "r-beta", None),
+    "gw-greedy": ClientTariff("gw-greedy", "greedy", None, None),
+}
+
+
+@pytest.fixture(scope="module")
+def rater() -> Rater:
+    return Rater(PLANS, TRUNKS, CLIENTS)
+
+
+def test_three_legs_with_their_own_plans_and_increments(rater: Rater) -> None:
+    call = rater.rate("+44 20 7123 4567", "acme-1", "gw-01", NOV, 61)
+    # customer 4420 at 0.0123, 30/6: 61 s → 66 s → 0.0123 × 66 / 60 = 0.01353
+    assert (call.customer.prefix, call.customer.charged_sec, call.customer.amount) == (
+        "4420",
+        66,
+        13_530,
+    )
+    # client 4420 at 0.0050, 1/1: 61 s → 0.0050 × 61 / 60 = 0.0050833… → 0.005083
+    assert (call.vmgateclient.charged_sec, call.vmgateclient.amount) == (61, 5_083)
+    # reseller 44 at 0.0006, 60/60: 120 s → 0.0012
+    assert call.reseller is not None
+    assert (call.reseller.prefix, call.reseller.charged_sec, call.reseller.amount) == (
+        "44",
+        120,
+        1_200,
+    )
+    assert call.margin == 13_530 - 5_083 - 1_200
+    assert call.number == "442071234567"
+    assert not call.unrated and not call.negative_margin
+    assert call.customer.party is Party.CUSTOMER and call.customer.plan == "retail"
+    assert call.customer.rate_per_min == Decimal("0.0123")
+    assert call.customer.valid_since == parse_time("2026-01-01")
+
+
+def test_unanswered_call_is_rated_but_costs_nothing(rater: Rater) -> None:
+    call = rater.rate("442071234567", "acme-1", "gw-01", NOV, 0)
+    assert call.customer.rated and call.customer.amount == 0 and call.customer.charged_sec == 0
+    assert call.vmgateclient.amount == 0 and call.margin == 0
+
+
+def test_direct_client_has_no_reseller_leg(rater: Rater) -> None:
+    call = rater.rate("442071234567", "acme-1", "gw-direct", NOV, 61)
+    assert call.reseller is None
+    assert call.margin == call.customer.amount - call.vmgateclient.amount
+
+
+def test_reseller_without_plan_is_an_unrated_leg(rater: Rater) -> None:
+    call = rater.rate("442071234567", "acme-1", "gw-resnoplan", NOV, 61)
+    assert call.reseller is not None and call.reseller.unrated == "no_plan"
+    assert call.reseller.amount == 0 and call.unrated
+
+
+def test_tech_prefix_of_the_trunk_is_stripped(rater: Rater) -> None:
+    call = rater.rate("0101#442071234567", "acme-2", "gw-01", NOV, 61)
+    assert call.number == "442071234567" and call.customer.prefix == "4420"
+
+
+@pytest.mark.parametrize(
+    ("number", "trunk", "client", "customer", "vmgateclient", "reseller"),
+    [
+        ("442071234567", "nope", "gw-01", "unknown_trunk", None, None),
+        ("442071234567", None, "gw-01", "unknown_trunk", None, None),
+        ("442071234567", "acme-1", "nope", None, "unknown_client", "unknown_client"),
+        ("442071234567", "bare", "gw-noplan", "no_plan", "no_plan", "direct"),
+        ("33123456789", "acme-1", "gw-01", "no_rate", "no_rate", "no_rate"),
+        ("anonymous", "acme-1", "gw-01", "no_number", "no_number", "no_number"),
+    ],
+)
+def test_unrated_legs_carry_their_reason_and_post_nothing(
+    rater: Rater,
+    number: str,
+    trunk: str | None,
+    client: str,
+    customer: str | None,
+    vmgateclient: str | None,
+    reseller: str | None,
+) -> None:
+    call = rater.rate(number, trunk, client, NOV, 61)
+    assert call.customer.unrated == customer
+    assert call.vmgateclient.unrated == vmgateclient
+    if reseller == "direct":
+        assert call.reseller is None
+    else:
+        assert call.reseller is not None and call.reseller.unrated == reseller
+    legs = [leg for leg in (call.customer, call.vmgateclient, call.reseller) if leg is not None]
+    assert all(leg.amount == 0 for leg in legs if not leg.rated)
+    assert call.unrated
+    assert call.margin == sum(
+        leg.amount if leg.party is Party.CUSTOMER else -leg.amount for leg in legs
+    )
+
+
+def test_negative_margin_is_flagged(rater: Rater) -> None:
+    call = rater.rate("441611234567", "acme-1", "gw-greedy", NOV, 61)
+    # charge 0.02 × 120/60 = 0.04; payout 0.01 + 0.05 × 61/60 = 0.0608333… → 0.060833
+    assert (call.customer.amount, call.vmgateclient.amount) == (40_000, 60_833)
+    assert call.margin == -20_833 and call.negative_margin
+
+
+def test_mis_scoped_plan_is_refused_at_construction() -> None:
+    with pytest.raises(
+        RaterError, match="trunk 'x' uses plan 'client' whose scope is vmgateclient"
+    ):
+        Rater(PLANS, {"x": TrunkTariff("x", "c", "client", "")}, {})
+
+
+def test_rate_leg_and_accessors(rater: Rater) -> None:
+    leg = rater.rate_leg(Party.VMGATECLIENT, "client", "4420", NOV, 1)
+    assert leg.prefix == "4420" and leg.amount == 83  # 0.005/60 = 0.0000833… → 0.000083
+    assert rater.rate_leg(Party.CUSTOMER, "missing", "44", NOV, 1).unrated == "no_plan"
+    assert rater.plan("retail") is PLANS["retail"]
+    assert rater.index("retail").lookup("4420", NOV) is not None
+    with pytest.raises(RaterError):
+        rater.rate_leg(Party.CUSTOMER, "client", "44", NOV, 1)
+
+
+def test_memoised_legs_equal_fresh_ones(rater: Rater) -> None:
+    first = rater.rate("442071234567", "acme-1", "gw-01", NOV, 61)
+    fresh = Rater(PLANS, TRUNKS, CLIENTS).rate("442079999999", "acme-1", "gw-01", NOV, 61)
+    again = rater.rate("442079999999", "acme-1", "gw-01", NOV, 61)
+    assert first.customer == fresh.customer == again.customer
+    assert again == fresh and isinstance(again, RatedCall)
+    assert hash(again) == hash(fresh)
+
+
+def test_sample_tenant_rates_the_readme_example() -> None:
+    scopes = {
+        "retail-a": Scope.CUSTOMER,
+        "client-std": Scope.VMGATECLIENT,
+        "reseller-alpha": Scope.RESELLER,
+    }
+    plans = {
+        n: RatePlan(n, s, "USD", parse_deck((DECKS / f"{n}.csv").read_text(), f"decks/{n}.csv"))
+        for n, s in scopes.items()
+    }
+    rater = Rater(
+        plans,
+        {"acme-1": TrunkTariff("acme-1", "acme", "retail-a", "")},
+        {"gw-01": ClientTariff("gw-01", "client-std", "r-alpha", "reseller-alpha")},
+    )
+    call = rater.rate("442071234567", "acme-1", "gw-01", NOV, 61)
+    assert call.customer.prefix == "44207" and call.customer.rated
+    assert call.vmgateclient.rated and call.reseller is not None and call.reseller.rated
+    assert call.margin > 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["442071234567", "441611234567", "4420", "44"]),
+    st.sampled_from(["gw-01", "gw-direct", "gw-greedy"]),
+    st.integers(0, 7_200),
+)
+def test_each_leg_equals_the_reference_formula(number: str, client: str, billsec: int) -> None:
+    rater = Rater(PLANS, TRUNKS, CLIENTS)
+    call = rater.rate(number, "acme-1", client, NOV, billsec)
+    for leg in (call.customer, call.vmgateclient, call.reseller):
+        if leg is None:
+            continue
+        assert leg.connection_sec is not None and leg.billing_block_sec is not None
+        assert leg.rate_per_min is not None and leg.connection_fee is not None
+        charged = charged_seconds(billsec, leg.connection_sec, leg.billing_block_sec)
+        assert leg.charged_sec == charged
+        assert leg.amount == amount_micros(
+            leg.rate_per_min, leg.connection_fee, charged, billsec > 0
+        )
