@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 IPNetwork = IPv4Network | IPv6Network
+# libyaml's parser with the same safe constructor when available: 10x faster on big rosters.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 IPAddress = IPv4Address | IPv6Address
 
 
@@ -65,7 +67,7 @@ def parse_yaml(text: str, file: str) -> Document:
     Raises ConfigError for YAML syntax errors and duplicate keys (PyYAML silently keeps the
     last one, which would hide a mistake in a billing config).
     """
-    loader = yaml.SafeLoader(text)
+    loader = _LOADER(text)
     try:
         node = loader.get_single_node()
         if node is None:
