@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger import transactions as tx  # noqa: E402
-from ledger.codec import CALL_FIELDS, PAYMENT_FIELDS, chain_hash, encode  # noqa: E402
-from ledger.errors import LedgerFull  # noqa: E402
-from ledger.model import CallEntry, Transaction  # noqa: E402
-from ledger.store import Ledger, configure, migrate  # noqa: E402
-from rating.model import Leg, Party  # noqa: E402
+from ledger import transactions as tx
+from ledger.codec import CALL_FIELDS, PAYMENT_FIELDS, chain_hash, encode
+from ledger.errors import LedgerFull
+from ledger.model import CallEntry, Transaction
+from ledger.store import Ledger, configure, migrate
+from rating.model import Leg, Party
 
 T0 = 1_795_000_000_000_000
 
@@ -119,8 +119,17 @@ def raw_executemany(path: str, txs: list[Transaction], group: int = 2000) -> flo
         enc = encode(t)
         link = chain_hash(prev, seq, t.created, enc.digest)
         rows_tx.append(
-            (seq, t.key, t.kind.value, t.currency, t.created, t.reason, enc.digest.hex(),
-             prev.hex(), link.hex())
+            (
+                seq,
+                t.key,
+                t.kind.value,
+                t.currency,
+                t.created,
+                t.reason,
+                enc.digest.hex(),
+                prev.hex(),
+                link.hex(),
+            )
         )
         rows_p.extend((seq, i, a, m) for i, (a, m) in enumerate(enc.postings))
         if enc.call_row is not None:
@@ -183,8 +192,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--payments", type=int, default=50_000)
     args = parser.parse_args()
-    print("| workload | tx | tx/s durable | postings/s durable | commit p50 ms "
-          "| commit p99 ms | groups |")
+    print(
+        "| workload | tx | tx/s durable | postings/s durable | commit p50 ms "
+        "| commit p99 ms | groups |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     run("3-leg calls (4 postings + call row)", make_calls(args.calls), 4)
     run("payments (2 postings + payment row)", make_payments(args.payments), 2)

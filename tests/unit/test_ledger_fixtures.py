@@ -51,14 +51,17 @@ def call(
 ) -> CallEntry:
     """A call entry; an amount of None makes that leg unrated, reseller_share None+direct."""
     legs = [
-        leg(Party.CUSTOMER, charge) if charge is not None
+        leg(Party.CUSTOMER, charge)
+        if charge is not None
         else leg(Party.CUSTOMER, 0, unrated="no_rate", plan="retail-a"),
-        leg(Party.VMGATECLIENT, payout) if payout is not None
+        leg(Party.VMGATECLIENT, payout)
+        if payout is not None
         else leg(Party.VMGATECLIENT, 0, unrated="no_rate", plan="client-std"),
     ]
     if reseller != "direct":
         legs.append(
-            leg(Party.RESELLER, reseller_share) if reseller_share is not None
+            leg(Party.RESELLER, reseller_share)
+            if reseller_share is not None
             else leg(Party.RESELLER, 0, unrated="no_plan")
         )
     margin = sum(

@@ -31,9 +31,7 @@ from ledger.verify import verify
 R = TypeVar("R")
 
 
-def with_ledger(
-    path: Path, body: Callable[[Ledger], Awaitable[R]], **options: int | float
-) -> R:
+def with_ledger(path: Path, body: Callable[[Ledger], Awaitable[R]], **options: int | float) -> R:
     """Open a ledger, run `body`, close it (always)."""
 
     async def go() -> R:

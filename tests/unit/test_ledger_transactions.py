@@ -74,8 +74,10 @@ def test_payment_in_credits_the_customer_from_external() -> None:
 
 @pytest.mark.parametrize(
     ("build", "acc", "target_type"),
-    [(txs.client_payout, "client:gw-01", "VMGateClient"), (txs.reseller_payout, "reseller:gw-01",
-                                                           "Reseller")],
+    [
+        (txs.client_payout, "client:gw-01", "VMGateClient"),
+        (txs.reseller_payout, "reseller:gw-01", "Reseller"),
+    ],
 )
 def test_payouts_debit_the_payee_to_external(build, acc, target_type) -> None:  # type: ignore[no-untyped-def]
     tx = build("gw-01", 700, "wire-9", T0, "USD")
@@ -96,15 +98,22 @@ def test_payment_without_reference_is_refused(ref: str) -> None:
 
 
 def test_adjustment_needs_a_reason_and_zero_sum() -> None:
-    ok = txs.adjustment([Posting("customer:acme", 5), Posting("tenant", -5)], "refund", "adj:1",
-                        T0, "USD")
+    ok = txs.adjustment(
+        [Posting("customer:acme", 5), Posting("tenant", -5)], "refund", "adj:1", T0, "USD"
+    )
     assert ok.kind is TxKind.ADJUSTMENT
     with pytest.raises(InvalidTransaction, match="reason"):
-        txs.adjustment([Posting("customer:acme", 5), Posting("tenant", -5)], " ", "adj:2", T0, "USD")
+        txs.adjustment(
+            [Posting("customer:acme", 5), Posting("tenant", -5)], " ", "adj:2", T0, "USD"
+        )
     with pytest.raises(NotZeroSum):
-        txs.adjustment([Posting("customer:acme", 5), Posting("tenant", -4)], "x", "adj:3", T0, "USD")
+        txs.adjustment(
+            [Posting("customer:acme", 5), Posting("tenant", -4)], "x", "adj:3", T0, "USD"
+        )
     with pytest.raises(InvalidTransaction, match="reserved"):
-        txs.adjustment([Posting("customer:acme", 5), Posting("tenant", -5)], "x", "pay:1", T0, "USD")
+        txs.adjustment(
+            [Posting("customer:acme", 5), Posting("tenant", -5)], "x", "pay:1", T0, "USD"
+        )
 
 
 @pytest.mark.parametrize(
@@ -123,8 +132,14 @@ def test_zero_amount_posting_is_refused() -> None:
 
 def test_hand_made_payment_with_wrong_postings_is_refused() -> None:
     good = txs.payment_in("acme", 10, "r1", T0, "USD")
-    bad = Transaction(good.key, good.kind, "USD", (Posting("customer:acme", 10),
-                      Posting("tenant", -10)), T0, payment=good.payment)
+    bad = Transaction(
+        good.key,
+        good.kind,
+        "USD",
+        (Posting("customer:acme", 10), Posting("tenant", -10)),
+        T0,
+        payment=good.payment,
+    )
     with pytest.raises(InvalidTransaction):
         txs.check(bad)
 
@@ -149,8 +164,11 @@ def test_rerate_of_two_different_calls_is_refused() -> None:
 
 
 def test_call_row_round_trips_exactly() -> None:
-    for entry in (call("r1", flags=("negative_margin",)), call("r2", reseller="direct"),
-                  call("r3", charge=None, payout=None, reseller_share=None)):
+    for entry in (
+        call("r1", flags=("negative_margin",)),
+        call("r2", reseller="direct"),
+        call("r3", charge=None, payout=None, reseller_share=None),
+    ):
         assert call_from_row(call_row(entry)) == entry
 
 
@@ -174,8 +192,13 @@ amounts = st.integers(min_value=0, max_value=10**12)
 def test_every_call_transaction_sums_to_zero(
     charge: int | None, payout: int | None, share: int | None, direct: bool
 ) -> None:
-    entry = call("h", charge=charge, payout=payout, reseller_share=share,
-                 reseller="direct" if direct else "r-alpha")
+    entry = call(
+        "h",
+        charge=charge,
+        payout=payout,
+        reseller_share=share,
+        reseller="direct" if direct else "r-alpha",
+    )
     tx = txs.call_tx(entry, "USD", T0)
     txs.check(tx)
     assert sum(p.amount for p in tx.postings) == 0
@@ -185,8 +208,11 @@ def test_every_call_transaction_sums_to_zero(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=-(10**15), max_value=10**15).filter(bool), min_size=1,
-                max_size=6))
+@given(
+    st.lists(
+        st.integers(min_value=-(10**15), max_value=10**15).filter(bool), min_size=1, max_size=6
+    )
+)
 def test_check_accepts_exactly_the_zero_sum_sets(values: list[int]) -> None:
     postings = tuple(Posting(f"customer:c{i}", v) for i, v in enumerate(values))
     tx = Transaction("adj:h", TxKind.ADJUSTMENT, "USD", postings, T0, "test")
