@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from rating.index import IndexedRow, PrefixIndex
 from rating.model import Leg, Party, RatedCall, RatePlan, Scope
@@ -44,50 +45,52 @@ _PARTY_OF_SCOPE = {
     Scope.VMGATECLIENT: Party.VMGATECLIENT,
     Scope.RESELLER: Party.RESELLER,
 }
+T = TypeVar("T")
 _SCOPE_OF_PARTY = {party: scope for scope, party in _PARTY_OF_SCOPE.items()}
 _MEMO_LIMIT = 1 << 16  # legs memoised per plan before the memo starts afresh
 _CHARGED_BITS = 24  # memo key = row serial << 24 | charged seconds (up to ~194 days)
 _CHARGED_MAX = 1 << _CHARGED_BITS
 
 
-def _fast_rated_call() -> Callable[..., RatedCall] | None:
-    """A RatedCall constructor that skips the frozen-dataclass __init__ (~40 % of its cost).
+_LEG_FIELDS = (
+    "party",
+    "plan",
+    "unrated",
+    "prefix",
+    "description",
+    "rate_per_min",
+    "connection_fee",
+    "connection_sec",
+    "billing_block_sec",
+    "valid_since",
+    "charged_sec",
+    "amount",
+)
+_CALL_FIELDS = ("number", "start", "billsec", "customer", "vmgateclient", "reseller", "margin")
 
-    Frozen dataclasses assign each field through object.__setattr__; setting the slots
-    directly builds the very same object (equal, hashable, frozen afterwards). Used only if
-    the fields are exactly the ones below, so a field added to the model later falls back to
-    the ordinary constructor instead of leaving a slot unset.
+
+def _slot_setter_constructor(cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
+    """A positional constructor for a frozen slots dataclass that skips its __init__.
+
+    A frozen dataclass assigns every field through object.__setattr__, which costs more than
+    the whole prefix lookup; setting the slots directly builds the very same object (equal,
+    hashable, frozen afterwards). Only used when the fields are exactly `names`, so a field
+    added to the model later falls back to the ordinary constructor instead of being unset.
     """
-    names = ("number", "start", "billsec", "customer", "vmgateclient", "reseller", "margin")
-    if tuple(f.name for f in fields(RatedCall)) != names:
-        return None
-    setters = [getattr(RatedCall, name).__set__ for name in names]
-    s_number, s_start, s_billsec, s_customer, s_client, s_reseller, s_margin = setters
-    new = object.__new__
-
-    def make(
-        number: str,
-        start: EpochUs,
-        billsec: int,
-        customer: Leg,
-        vmgateclient: Leg,
-        reseller: Leg | None,
-        margin: int,
-    ) -> RatedCall:
-        call = new(RatedCall)
-        s_number(call, number)
-        s_start(call, start)
-        s_billsec(call, billsec)
-        s_customer(call, customer)
-        s_client(call, vmgateclient)
-        s_reseller(call, reseller)
-        s_margin(call, margin)
-        return call
-
+    if tuple(f.name for f in fields(cls)) != names:  # type: ignore[arg-type]
+        return cls
+    # Unrolled: a loop over the setters would cost what it saves.
+    args = ", ".join(f"v{k}" for k in range(len(names)))
+    body = "".join(f"    s{k}(obj, v{k})\n" for k in range(len(names)))
+    scope: dict[str, object] = {f"s{k}": getattr(cls, n).__set__ for k, n in enumerate(names)}
+    scope.update(new=object.__new__, cls=cls)
+    exec(f"def make({args}):\n    obj = new(cls)\n{body}    return obj\n", scope)
+    make: Callable[..., T] = scope["make"]  # type: ignore[assignment]
     return make
 
 
-_rated_call: Callable[..., RatedCall] = _fast_rated_call() or RatedCall
+_new_leg: Callable[..., Leg] = _slot_setter_constructor(Leg, _LEG_FIELDS)
+_rated_call: Callable[..., RatedCall] = _slot_setter_constructor(RatedCall, _CALL_FIELDS)
 
 
 class RaterError(ValueError):
@@ -155,7 +158,7 @@ class _PlanRater:
     def _make(self, row: IndexedRow, charged: int) -> Leg:
         dest = row.dest
         amount = (row.fee2 + row.rate2 * charged + row.den) // row.den2 if charged else 0
-        return Leg(
+        return _new_leg(
             self.party,
             self.name,
             None,
