@@ -63,6 +63,8 @@ __all__ = [
 DEFAULT_PATH = "/etc/vmgated/vmgated.yaml"
 BILLING_TYPES = ("prepaid", "postpaid")
 SEAT_PACK_SIZES = (10, 50)  # the subscription sells +10 and +50 VMGateClient seat packs
+# A limit that failed to read: its own refusal is reported, not every client on top of it.
+_UNCHECKED = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +379,7 @@ class _Builder:
 
     def build(self) -> Config:
         r = self.r
-        top = r.mapping(self.r.doc.data, "", _TOP_KEYS, required=("tenant",))
+        top = r.mapping(self.r.doc.data, "", _TOP_KEYS, required=("tenant", "subscription"))
         if top is None:
             raise ConfigError(r.problems)
         tenant = self.tenant(top.get("tenant"))
@@ -432,6 +434,8 @@ class _Builder:
 
     def tenant(self, value: Any) -> Tenant:
         r = self.r
+        if value is None:  # already reported as required
+            return Tenant("", "USD")
         m = r.mapping(value, "tenant", ("name", "currency"), required=("name",)) or {}
         name = r.text(m, "name", "tenant") or ""
         currency = r.text(m, "currency", "tenant", "USD") or "USD"
@@ -522,24 +526,22 @@ class _Builder:
     def subscription(self, value: Any) -> Subscription:
         r = self.r
         path = "subscription"
+        if value is None:  # already reported as required; do not also refuse every client
+            return Subscription("", SubscriptionLimits(_UNCHECKED, _UNCHECKED, _UNCHECKED), ())
         m = r.mapping(value, path, ("plan", "limits", "seat_packs"), required=("plan", "limits"))
         m = m or {}
         plan = r.text(m, "plan", path) or ""
         lp = "subscription.limits"
-        lm = (
-            r.mapping(
-                m.get("limits") or {},
-                lp,
-                ("vmgateclients", "concurrent_ports", "networks"),
-                required=("vmgateclients", "concurrent_ports", "networks"),
+        keys = ("vmgateclients", "concurrent_ports", "networks")
+        if m.get("limits") is None:
+            limits = SubscriptionLimits(_UNCHECKED, _UNCHECKED, _UNCHECKED)
+        else:
+            lm = r.mapping(m["limits"], lp, keys, required=keys) or {}
+            limits = SubscriptionLimits(
+                r.integer(lm, "vmgateclients", lp, _UNCHECKED) or 0,
+                r.integer(lm, "concurrent_ports", lp, _UNCHECKED) or 0,
+                r.integer(lm, "networks", lp, _UNCHECKED) or 0,
             )
-            or {}
-        )
-        limits = SubscriptionLimits(
-            r.integer(lm, "vmgateclients", lp, 0) or 0,
-            r.integer(lm, "concurrent_ports", lp, 0) or 0,
-            r.integer(lm, "networks", lp, 0) or 0,
-        )
         packs: list[int] = []
         for i, pack in enumerate(r.sequence(m.get("seat_packs"), "subscription.seat_packs")):
             if pack in SEAT_PACK_SIZES and not isinstance(pack, bool):

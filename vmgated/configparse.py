@@ -150,6 +150,9 @@ class Reader:
         required: Iterable[str] = (),
     ) -> dict[str, Any] | None:
         """A mapping with only `allowed` keys and every `required` key; None if unusable."""
+        if value is None:
+            self.problem(path, f"is empty; expected a mapping with keys {_names(allowed)}")
+            return None
         if not isinstance(value, dict):
             self.problem(path, f"must be a mapping with keys {_names(allowed)}, not {_kind(value)}")
             return None

@@ -746,3 +746,18 @@ def test_missing_rate_plan_is_a_warning_not_a_refusal(tmp_path: Path) -> None:
         f"{tmp_path / 'vmgated.yaml'}:{line_of(text, 'acme-net')}: customers[0].trunks[1]: "
         "trunk 'acme-net' has no rate_plan; its charges will be unrated"
     ]
+
+
+def test_a_missing_section_is_reported_once(tmp_path: Path) -> None:
+    start, end = BASE.index("subscription:"), BASE.index("\nnetworks:") + 1
+    text = BASE[:start] + BASE[end:]
+    assert refusals(tmp_path, text) == [f"{tmp_path / 'vmgated.yaml'}:1: subscription: is required"]
+
+
+def test_an_empty_file_is_refused(tmp_path: Path) -> None:
+    problems = refusals(tmp_path, "")
+    assert problems == [
+        f"{tmp_path / 'vmgated.yaml'}:1: is empty; expected a mapping with keys tenant, "
+        "state_dir, listen, security, calls, subscription, networks, resellers, join_codes, "
+        "customers, vmgateclients, rate_plans, metrics, ledger"
+    ]
