@@ -8,6 +8,8 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rating.model import Scope
 from vmgated.config import Config, ConfigError, load_config
@@ -761,3 +763,26 @@ def test_an_empty_file_is_refused(tmp_path: Path) -> None:
         "state_dir, listen, security, calls, subscription, networks, resellers, join_codes, "
         "customers, vmgateclients, rate_plans, metrics, ledger"
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
+    st.integers(0, 128),
+    st.none() | st.integers(1, 65535),
+)
+def test_endpoint_text_round_trips_and_matches_its_own_address(
+    addr: object, prefix: int, port: int | None
+) -> None:
+    bits = 32 if ip_network(str(addr)).version == 4 else 128
+    net = ip_network(f"{addr}/{min(prefix, bits)}", strict=False)
+    endpoint = Endpoint(net, port)
+    assert parse_endpoint(str(endpoint)) == endpoint
+    assert endpoint.matches(str(net.network_address), port or 5060)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 10**6), st.sampled_from(["", "s", "m", "h"]))
+def test_duration_units_are_exact(n: int, unit: str) -> None:
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600}[unit]
+    assert parse_duration_us(f"{n}{unit}") == n * scale * 1_000_000

@@ -65,8 +65,10 @@ class Commands:
         self._common = common
         self._groups: dict[str, Commands] = {}
 
-    def add_parser(self, name: str, *, help: str, **kwargs: Any) -> argparse.ArgumentParser:
-        """A new command `name`; it already accepts --config and --json."""
+    def add_parser(
+        self, name: str, *, help: str | None = None, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        """A new command `name` (same call as argparse's); it accepts --config and --json."""
         parser: argparse.ArgumentParser = self._action.add_parser(
             name,
             help=help,
