@@ -249,8 +249,8 @@ def configure(conn: sqlite3.Connection) -> None:
     # A REPLACE conflict deletes rows without a DELETE statement; recursive triggers make
     # the DELETE guard fire for it too.
     conn.execute("PRAGMA recursive_triggers=ON")
-    # Fewer, larger WAL checkpoints keep the occasional slow commit rare (32 MiB of WAL).
-    conn.execute("PRAGMA wal_autocheckpoint=8192")
+    # WAL checkpoints are run by the writer's side thread, never inside a commit.
+    conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 class _Opened:
@@ -301,7 +301,7 @@ class Ledger:
         cls,
         path: str | os.PathLike[str],
         *,
-        batch_max: int = 2000,
+        batch_max: int = 1000,
         batch_ms: float = 5.0,
         queue_max: int = 100_000,
         checkpoint_every: int = 100_000,
@@ -317,13 +317,14 @@ class Ledger:
         try:
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA recursive_triggers=ON")
-            await conn.execute("PRAGMA wal_autocheckpoint=8192")
+            await conn.execute("PRAGMA wal_autocheckpoint=0")
             await conn.set_authorizer(append_only_authorizer)
         except BaseException:
             await conn.close()
             raise
         writer = Writer(
             conn,
+            path=spath,
             balances=opened.balances,
             head=(opened.head_seq, bytes.fromhex(opened.head_hash)),
             used_rates=opened.used_rates,

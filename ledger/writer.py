@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -108,6 +109,24 @@ class _Plan:
     )
 
 
+WAL_CHECKPOINT_EVERY = 20_000
+"""Transactions between WAL checkpoints. They copy the WAL into the main file on a side
+thread and connection (PASSIVE: never blocks the writer), so no commit pays for the copy."""
+
+
+def copy_wal(path: str) -> None:
+    """A PASSIVE WAL checkpoint on its own connection (run in a worker thread)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        log.exception("ledger: WAL checkpoint failed (the WAL keeps growing until one works)")
+
+
 def prepare(tx: Transaction) -> Encoded:
     """Check a transaction's rules and encode it; raises InvalidTransaction/NotZeroSum."""
     check(tx)
@@ -124,6 +143,7 @@ class Writer:
         self,
         conn: aiosqlite.Connection,
         *,
+        path: str,
         balances: Balances,
         head: tuple[int, bytes],
         used_rates: set[RateRow],
@@ -135,6 +155,9 @@ class Writer:
     ) -> None:
         """Take over `conn` (already configured) and the state read at open."""
         self._conn = conn
+        self._path = path
+        self._wal_seq = head[0]
+        self._wal_task: asyncio.Task[None] | None = None
         self._balances = balances
         self._seq, self._hash = head
         self.used_rates = used_rates
@@ -208,6 +231,8 @@ class Writer:
         if self._task is not None:
             await self._task
             self._task = None
+        if self._wal_task is not None:
+            await self._wal_task
         try:
             await self._checkpoint()
             await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -230,6 +255,13 @@ class Writer:
                 await self._commit(self._take())
                 if self._seq - self._ckpt_seq >= self._checkpoint_every:
                     await self._checkpoint()
+                if self._seq - self._wal_seq >= WAL_CHECKPOINT_EVERY and (
+                    self._wal_task is None or self._wal_task.done()
+                ):
+                    self._wal_seq = self._seq
+                    self._wal_task = asyncio.create_task(
+                        asyncio.to_thread(copy_wal, self._path), name="ledger-wal-checkpoint"
+                    )
         except BaseException as exc:
             # The writer must never die silently: whoever waits learns why.
             self._closing = True
