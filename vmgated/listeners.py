@@ -118,6 +118,16 @@ class UdpListener:
         return socket_inode(self._sock)
 
     @property
+    def started(self) -> bool:
+        """True while the socket is bound."""
+        return self._sock is not None
+
+    def describe(self) -> str:
+        """`hep udp 127.0.0.1:9060` for status output."""
+        where = _fmt(self.sockname) if self._sock is not None else f"{self.host}:{self.port}"
+        return f"{self.input_name} udp {where}"
+
+    @property
     def effective_rcvbuf(self) -> int:
         """SO_RCVBUF as the kernel granted it (Linux reports twice the usable size)."""
         assert self._sock is not None, "start() first"
@@ -262,6 +272,11 @@ class InterfaceListeners:
     def addresses(self) -> frozenset[str]:
         """Addresses currently bound."""
         return frozenset(self.listeners)
+
+    def describe(self) -> str:
+        """`interface eth1: hep udp 10.0.0.5:9060, ...` for status output."""
+        bound = ", ".join(item.describe() for item in self.listeners.values()) or "no address"
+        return f"interface {self.ifname}: {bound}"
 
     async def start(self) -> None:
         """Bind the interface's current addresses, then follow changes from a netlink thread."""

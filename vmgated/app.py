@@ -1,0 +1,391 @@
+"""The daemon: one asyncio loop (uvloop) wiring listeners, pipeline, ledger, metrics, control.
+
+Start-up order matters for "nothing is lost": open the ledger, recover the dialog snapshot and
+re-bill the calls it holds as pending, replay the journal tail, and only then open the
+sockets. Shutdown is the reverse: close the sockets, drain the backlog into the ledger, write a
+final snapshot, close the ledger (which flushes its queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from ledger.errors import KeyConflict, LedgerFull
+from ledger.model import CallEntry, Receipt, Transaction
+from ledger.store import Ledger
+from rating.lock import check_plan_edit
+from sip.call import Addr
+from sip.dialog import Tracker
+from vmgated import state, systemd
+from vmgated.config import Config, ConfigError, ListenSpec, load_config
+from vmgated.journal import CDR, HEP, Journal, Recovered
+from vmgated.listeners import InterfaceListeners, UdpListener
+from vmgated.metrics import (
+    BalanceSummary,
+    Counters,
+    Histogram,
+    MetricsCollector,
+    MetricsServer,
+    MetricsSettings,
+)
+from vmgated.pipeline import Billable, Pipeline, Runtime
+from vmgated.procnet import UdpDropCounter
+
+log = logging.getLogger("vmgated")
+TICK_S = 1.0
+
+
+def now_us() -> int:
+    """Wall clock in EpochUs (only for expiring idle dialogs; call times come from HEP)."""
+    return time.time_ns() // 1000
+
+
+class App:
+    """Owns every socket, file, task and signal of one daemon process."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.counters = Counters()
+        self.pending: dict[str, Billable] = {}
+        self.backlog: deque[tuple[Billable, Transaction]] = deque()
+        self.listeners: list[UdpListener | InterfaceListeners] = []
+        self.client_last_seen: dict[str, int] = {}
+        self.commit_hist = Histogram()
+        self.stopping = asyncio.Event()
+        self.started_us = now_us()
+        self.last_reload: str = "never"
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the ledger, recover dialog state, then start listening."""
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = await Ledger.open(
+            cfg.state_dir / "ledger.db",
+            batch_max=cfg.ledger.batch_max,
+            batch_ms=cfg.ledger.batch_ms,
+            queue_max=cfg.ledger.queue_max,
+        )
+        self.ledger.on_commit = lambda _size, seconds: self.commit_hist.observe(seconds)
+        self.journal = Journal(cfg.state_dir)
+        recovered = self.journal.recover()
+        tracker, pending = self._restore(recovered)
+        runtime = await asyncio.get_running_loop().run_in_executor(None, Runtime.build, cfg)
+        self.pipeline = Pipeline(runtime, tracker, self.counters, self._sink, now_us)
+        for item in pending:
+            self.pipeline.bill(item)
+        for entry in recovered.entries:
+            sender = _split_sender(entry.sender)
+            if entry.kind == HEP:
+                self.pipeline.feed_hep([(entry.payload, sender)])
+            elif entry.kind == CDR:
+                self.pipeline.feed_cdr([(entry.payload, sender)])
+        if pending or recovered.entries:
+            log.info("recovered %d pending calls and %d journalled datagrams",
+                     len(pending), len(recovered.entries))
+        for spec in cfg.listen.hep:
+            self.listeners.append(self._listener(spec, self._on_hep, "hep"))
+        for spec in cfg.listen.cdr:
+            self.listeners.append(self._listener(spec, self._on_cdr, "cdr"))
+        for listener in self.listeners:
+            await listener.start()
+        self.collector = MetricsCollector(
+            self.counters,
+            settings=self.metrics_settings(cfg),
+            balances=_Balances(self),
+            active_calls=self.active_by_party,
+            udp_drops=self._udp_drops,
+            queue_depth=lambda: self.ledger.queue_depth + len(self.backlog),
+            ledger_commit=self.commit_hist,
+        )
+        self._drops = UdpDropCounter()
+        assert cfg.listen.metrics.address is not None, "metrics listen needs an address"
+        self.metrics = MetricsServer(self.collector, cfg.listen.metrics.address,
+                                     cfg.listen.metrics.port)
+        await self.metrics.start()
+        from vmgated.commands import start_control  # control handlers need a started App
+
+        self.control = await start_control(self, cfg.listen.control)
+        self._tasks.append(asyncio.create_task(self._ticker()))
+
+    def _listener(
+        self, spec: ListenSpec, on_batch: Callable[[list[tuple[bytes, Addr]]], None], name: str
+    ) -> UdpListener | InterfaceListeners:
+        allowed = self.config.security.allowed_sources
+
+        def make(host: str) -> UdpListener:
+            return UdpListener(host, spec.port, on_batch, input_name=name,
+                               counters=self.counters, allowed=allowed)
+
+        if spec.interface is not None:
+            return InterfaceListeners(spec.interface, make)
+        assert spec.address is not None
+        return make(spec.address)
+
+    def _sockets(self) -> list[UdpListener]:
+        out: list[UdpListener] = []
+        for item in self.listeners:
+            if isinstance(item, InterfaceListeners):
+                out.extend(item.listeners.values())
+            else:
+                out.append(item)
+        return out
+
+    def _udp_drops(self) -> int:
+        return self._drops.read({s.inode for s in self._sockets() if s.started})
+
+    @staticmethod
+    def metrics_settings(cfg: Config) -> MetricsSettings:
+        """Config-derived metric settings (swapped on reload)."""
+        info = [("customer", c.id, c.billing_type) for c in cfg.customers]
+        info += [("reseller", r.id, r.billing_type) for r in cfg.resellers]
+        return MetricsSettings(
+            currencies=(cfg.tenant.currency,),
+            concurrent_ports_limit=cfg.subscription.limits.concurrent_ports,
+            per_account=cfg.metrics.per_account,
+            account_info=tuple(info),
+        )
+
+    def active_by_party(self) -> dict[tuple[str, str], int]:
+        """Active calls per (trunk, client), attributed at scrape time."""
+        attributor = self.pipeline.runtime.attributor
+        out: dict[tuple[str, str], int] = {}
+        for call in self.pipeline.tracker.active():
+            who = attributor.attribute(call)
+            key = (who.trunk or "unknown", who.client or "unknown")
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def _restore(self, recovered: Recovered) -> tuple[Tracker, list[Billable]]:
+        kwargs = {"max_duration_us": self.config.calls.max_duration_us}
+        if recovered.snapshot is None:
+            return Tracker(**kwargs), []
+        try:
+            tracker_state, pending = state.decode(recovered.snapshot)
+            return Tracker.restore_state(tracker_state, **kwargs), pending
+        except ValueError as exc:
+            # Never refuse to start over a bad snapshot: the ledger is the truth; say so loudly.
+            log.error("dialog snapshot unreadable (%s); starting with no active dialogs", exc)
+            return Tracker(**kwargs), []
+
+    # -- input ---------------------------------------------------------------------------
+    def _on_hep(self, batch: list[tuple[bytes, Addr]]) -> None:
+        self.journal.append(HEP, batch)
+        self.pipeline.feed_hep(batch)
+
+    def _on_cdr(self, batch: list[tuple[bytes, Addr]]) -> None:
+        self.journal.append(CDR, batch)
+        self.pipeline.feed_cdr(batch)
+
+    # -- ledger sink -----------------------------------------------------------------------
+    def _sink(self, item: Billable, tx: Transaction) -> None:
+        self.pending[tx.key] = item
+        if self.backlog:
+            self.backlog.append((item, tx))  # keep order behind earlier refusals
+            return
+        self._submit(item, tx)
+
+    def _submit(self, item: Billable, tx: Transaction) -> bool:
+        try:
+            fut = self.ledger.submit_nowait(tx)
+        except LedgerFull:
+            # UDP senders cannot be slowed down, so a stalled disk grows this backlog in
+            # memory (exported as queue depth); every item is also in `pending`, hence in the
+            # dialog snapshot, so even a crash now loses nothing.
+            self.backlog.append((item, tx))
+            return False
+        except (KeyConflict, ValueError) as exc:
+            self._refused(tx, exc)
+            return True
+        fut.add_done_callback(partial(self._acked, tx))
+        return True
+
+    def _acked(self, tx: Transaction, fut: asyncio.Future[Receipt]) -> None:
+        self.pending.pop(tx.key, None)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._refused(tx, exc)
+            return
+        if not fut.result().existed and tx.call is not None:
+            self.record_call(tx.call)
+
+    def record_call(self, entry: CallEntry) -> None:
+        """Count a newly committed call in the metrics (never for a duplicate)."""
+        unrated = next((leg.unrated for leg in entry.legs if leg.unrated), None)
+        self.counters.record_call(
+            customer=entry.customer, client=entry.client, trunk=entry.trunk,
+            disposition=entry.disposition, billsec=entry.billsec, unrated_reason=unrated,
+            negative_margin=entry.margin < 0,
+        )
+        if entry.client is not None:
+            self.client_last_seen[entry.client] = max(
+                entry.end, self.client_last_seen.get(entry.client, 0))
+
+    def _refused(self, tx: Transaction, exc: BaseException) -> None:
+        self.pending.pop(tx.key, None)
+        self.counters.count_packets("ledger",
+                                    "conflict" if isinstance(exc, KeyConflict) else "refused")
+        log.warning("ledger refused %s: %s", tx.key, exc)
+
+    def drain_backlog(self) -> None:
+        """Resubmit calls the full queue refused, in order, until it refuses again."""
+        while self.backlog:
+            item, tx = self.backlog[0]
+            self.backlog.popleft()
+            if not self._submit(item, tx):
+                # _submit re-appended it at the end; put it back in front to keep order.
+                self.backlog.appendleft(self.backlog.pop())
+                return
+
+    # -- periodic --------------------------------------------------------------------------
+    async def _ticker(self) -> None:
+        interval = systemd.watchdog_interval()
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), TICK_S)
+            self.tick()
+            if interval is not None:
+                systemd.watchdog_ping()
+
+    def tick(self) -> None:
+        """Expire overdue dialogs, retry the backlog, persist dialog state."""
+        self.pipeline.expire()
+        self.drain_backlog()
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the dialog snapshot (tracker + uncommitted calls) and rotate the journal."""
+        pending = dict(self.pending)
+        payload = state.encode(self.pipeline.tracker.export_state(), pending.values())
+        self.journal.checkpoint(payload)
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(self) -> str:
+        """Load config and decks beside the running ones; swap only if all of it is valid."""
+        systemd.reloading()
+        try:
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(None, load_config, self.config_path)
+            except ConfigError as exc:
+                msg = f"reload refused, keeping the running config:\n{exc}"
+                log.error("%s", msg)
+                raise RuntimeError(msg) from exc
+            used = await self.ledger.used_rate_rows()
+            problems: list[str] = []
+            for name, old_plan in self.config.plans.items():
+                for v in check_plan_edit(old_plan, new.plans.get(name), used):
+                    problems.append(v.message)
+            if problems:
+                msg = "reload refused (plan lock), keeping the running config:\n" + "\n".join(
+                    problems
+                )
+                log.error("%s", msg)
+                raise RuntimeError(msg)
+            runtime = await loop.run_in_executor(None, Runtime.build, new)
+            self.config = new
+            self.pipeline.runtime = runtime
+            self.collector.settings = self.metrics_settings(new)
+            self.last_reload = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            log.info("reloaded %s", self.config_path)
+            return "reloaded"
+        finally:
+            systemd.ready()
+
+    # -- stop ------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop listening, flush every pending call into the ledger, persist, close."""
+        systemd.stopping()
+        for listener in self.listeners:
+            listener.stop()
+        for task in self._tasks:
+            task.cancel()
+        await self.metrics.stop()
+        await self.control.stop()
+        # Whatever is still uncommitted after the deadline stays in the snapshot's pending list
+        # and is billed at the next start, so a slow disk delays billing but never loses it.
+        deadline = time.monotonic() + 30
+        while (self.backlog or self.pending) and time.monotonic() < deadline:
+            self.drain_backlog()
+            await asyncio.sleep(0.01)
+        self.checkpoint()
+        self.journal.close()
+        await self.ledger.close()
+
+
+class _Balances:
+    """The ledger's live projection seen through the metrics' BalanceSource protocol."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def summary(self, currency: str) -> BalanceSummary:
+        s = self.app.ledger.balances.summary(currency)
+        return BalanceSummary(s.my_balance, s.customer_total, s.owed_to_vmgateclients,
+                              s.owed_to_resellers)
+
+    def accounts(self, currency: str) -> list[tuple[str, str, int]]:
+        return list(self.app.ledger.balances.accounts(currency))
+
+
+def _split_sender(text: str) -> Addr:
+    host, _, port = text.rpartition(":")
+    return (host, int(port) if port.isdigit() else 0)
+
+
+async def serve(config_path: Path) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    app = App(config_path, config)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, app.stopping.set)
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        async def go() -> None:
+            with contextlib.suppress(RuntimeError):  # already logged; the old config runs on
+                await app.reload()
+
+        task = asyncio.ensure_future(go())
+        reloads.add(task)  # keep a reference until done (asyncio holds tasks weakly)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    systemd.ready()
+    systemd.status("listening")
+    log.info("vmgated ready: hep %s, metrics %s:%d, control %s",
+             ", ".join(str(s) for s in config.listen.hep), config.listen.metrics.address,
+             config.listen.metrics.port, config.listen.control)
+    await app.stopping.wait()
+    log.info("stopping: draining and flushing the ledger")
+    await app.stop()
+    return 0
+
+
+def run(config_path: Path) -> int:
+    """Entry point used by `vmgated.main`: uvloop when available."""
+    try:
+        import uvloop
+
+        return uvloop.run(serve(config_path))
+    except ImportError:  # pragma: no cover - uvloop is a runtime dependency
+        return asyncio.run(serve(config_path))

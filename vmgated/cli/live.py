@@ -1,0 +1,403 @@
+"""vmgatectl commands that need the running daemon or the ledger file.
+
+Writes and live state go through the control socket (`status`, `reload`, `calls --active`,
+`pay`, `payout`, `resellers`, `clients`, `rerate`, `cdr import`, `replay`, `rates import`);
+history reports read the ledger read-only (`calls`, `balances`, `payments`, `ledger verify`,
+`ledger head`), so a clerk can still read the books while the daemon is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ledger import reports
+from ledger.model import CallEntry
+from ledger.verify import verify
+from rating.model import Party
+from rating.units import format_micros, format_time
+from sip.capture import CaptureError, read_capture
+from vmgated.cli.main import CommandError, Commands
+from vmgated.cli.offline import leg_json, load, time_arg
+from vmgated.cli.output import print_json, render_table
+from vmgated.config import Config
+from vmgated.control import ControlError, DaemonNotRunning, call
+
+CHUNK = 2000  # datagrams or CDR lines per control request
+
+
+def register(commands: Commands) -> None:
+    """Add the live and report commands."""
+    p = commands.add_parser("status", help="daemon state: listeners, active calls, ledger head")
+    p.set_defaults(func=run_status)
+    p = commands.add_parser("reload", help="reload config and decks (like SIGHUP)")
+    p.set_defaults(func=run_reload)
+    p = commands.add_parser("calls", help="call history (or --active calls in progress)")
+    p.add_argument("--active", action="store_true", help="calls in progress (from the daemon)")
+    p.add_argument("--unrated", action="store_true", help="only calls with an unrated leg")
+    p.add_argument("--customer")
+    p.add_argument("--trunk")
+    p.add_argument("--client")
+    p.add_argument("--reseller")
+    p.add_argument("--since", type=time_arg, help="RFC 3339 or epoch seconds")
+    p.add_argument("--until", type=time_arg)
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=run_calls)
+    p = commands.add_parser("balances", help="My Balance, Customer Total, owed amounts")
+    p.set_defaults(func=run_balances)
+    p = commands.add_parser("pay", help="record a Customer payment IN")
+    p.add_argument("customer")
+    p.add_argument("amount")
+    p.add_argument("--ref", required=True, help="payment reference (makes it idempotent)")
+    p.set_defaults(func=run_pay)
+    p = commands.add_parser("payout", help="record a VMGateClient or reseller payout OUT")
+    p.add_argument("kind", choices=("client", "reseller"))
+    p.add_argument("id")
+    p.add_argument("amount")
+    p.add_argument("--ref", required=True, help="payout reference (makes it idempotent)")
+    p.set_defaults(func=run_payout)
+    p = commands.add_parser("payments", help="recent payments and payouts")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=run_payments)
+    p = commands.add_parser("resellers", help="the reseller roster")
+    p.set_defaults(func=run_resellers)
+    p = commands.add_parser("clients", help="the VMGateClient roster")
+    p.set_defaults(func=run_clients)
+    p = commands.add_parser("rerate", help="rate unrated calls again with the running plans")
+    p.set_defaults(func=run_rerate)
+    p = commands.add_parser("replay", help="bill a pcap/pcapng or HEP capture file")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=run_replay)
+    cdr = commands.group("cdr", help="CDR lines")
+    p = cdr.add_parser("import", help="bill a file of JSON CDR lines (one per line)")
+    p.add_argument("file", type=Path)
+    p.set_defaults(func=run_cdr_import)
+    led = commands.group("ledger", help="ledger integrity")
+    p = led.add_parser("verify", help="recompute the hash chain, zero-sums and balances")
+    p.add_argument("--state-dir", type=Path, help="default: state_dir of the config")
+    p.set_defaults(func=run_verify)
+    p = led.add_parser("head", help="the chain head (seq, hash) to record off the machine")
+    p.add_argument("--state-dir", type=Path)
+    p.set_defaults(func=run_head)
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+def _ctl(config: Config, cmd: str, args: dict[str, Any] | None = None,
+         on_progress: Callable[[int, int], None] | None = None) -> Any:
+    try:
+        return call(config.listen.control, cmd, args or {}, on_progress=on_progress,
+                    timeout=120)
+    except DaemonNotRunning as exc:
+        raise CommandError(f"{exc}; start it with `systemctl start vmgated` or "
+                           f"`vmgated --config {config.path}`") from exc
+    except ControlError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _ledger_path(config: Config, state_dir: Path | None = None) -> Path:
+    path = (state_dir or config.state_dir) / "ledger.db"
+    if not path.exists():
+        raise CommandError(f"no ledger at {path} (has vmgated run with this state_dir?)")
+    return path
+
+
+class Progress:
+    """A one-line progress bar on a terminal's stderr; silent when not a terminal."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.tty or total <= 0:
+            return
+        width = 30
+        filled = width * done // total
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{total}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _emit(args: argparse.Namespace, data: Any, headers: list[str],
+          rows: list[list[object]]) -> int:
+    if args.json:
+        print_json(data)
+    else:
+        print(render_table(headers, rows, left=("id", "prefix", "client", "trunk", "customer")))
+    return 0
+
+
+# -- status / reload ----------------------------------------------------------------------------
+def run_status(args: argparse.Namespace) -> int:
+    """Print the daemon's status."""
+    status = _ctl(load(args), "status")
+    if args.json:
+        print_json(status)
+        return 0
+    for key, value in status.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = "; ".join(str(v) for v in value) or "-"
+        print(f"{key:16} {value}")
+    return 0
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    """Ask the daemon to reload; a refusal prints file:line: field: why."""
+    result = _ctl(load(args), "reload")
+    print_json({"result": result}) if args.json else print(result)
+    return 0
+
+
+# -- calls -------------------------------------------------------------------------------------
+def call_json(entry: CallEntry) -> dict[str, Any]:
+    """One call in the SPEC §8 `calls` shape."""
+    legs: dict[str, Any] = {"customer": None, "vmgateclient": None, "reseller": None}
+    for leg in entry.legs:
+        legs[leg.party.value] = leg_json(leg)
+    return {
+        "call_uid": entry.call_uid, "call_id": entry.call_id, "trunk": entry.trunk,
+        "customer": entry.customer, "client": entry.client, "network": entry.network,
+        "reseller": entry.reseller, "caller": entry.caller, "callee": entry.callee,
+        "number": entry.number, "start": format_time(entry.start),
+        "answer": format_time(entry.answer), "end": format_time(entry.end),
+        "billsec": entry.billsec, "sip_code": entry.sip_code,
+        "disposition": entry.disposition, "legs": legs, "margin": format_micros(entry.margin),
+        "flags": list(entry.flags),
+    }
+
+
+def _leg_amount(entry: CallEntry, party: Party) -> str:
+    for leg in entry.legs:
+        if leg.party == party:
+            return format_micros(leg.amount) if leg.rated else f"unrated:{leg.unrated}"
+    return "-"
+
+
+def run_calls(args: argparse.Namespace) -> int:
+    """Call history from the ledger, or calls in progress from the daemon."""
+    config = load(args)
+    if args.active:
+        active = _ctl(config, "calls_active")
+        rows = [[c["start"], c["answer"], c["trunk"], c["client"], c["reseller"], c["caller"],
+                 c["callee"]] for c in active]
+        return _emit(args, active,
+                     ["start", "answer", "trunk", "client", "reseller", "caller", "callee"], rows)
+    entries = reports.calls(
+        _ledger_path(config), customer=args.customer, trunk=args.trunk, client=args.client,
+        reseller=args.reseller, since=args.since, until=args.until, unrated=args.unrated,
+        limit=args.limit,
+    )
+    data = [call_json(e) for e in entries]
+    rows = [[format_time(e.start), e.trunk, e.client, e.reseller, e.callee, e.billsec,
+             e.disposition, _leg_amount(e, Party.CUSTOMER), _leg_amount(e, Party.VMGATECLIENT),
+             _leg_amount(e, Party.RESELLER), format_micros(e.margin), ",".join(e.flags)]
+            for e in entries]
+    return _emit(args, data, ["start", "trunk", "client", "reseller", "number", "billsec",
+                              "disposition", "charge", "client_payout", "reseller_payout",
+                              "margin", "flags"], rows)
+
+
+# -- money -------------------------------------------------------------------------------------
+def run_balances(args: argparse.Namespace) -> int:
+    """The four summary figures and every account (from the ledger file)."""
+    config = load(args)
+    currency = config.tenant.currency
+    summary, accounts = reports.balances(_ledger_path(config), currency)
+    data = {
+        "currency": currency,
+        "my_balance": format_micros(summary.my_balance),
+        "customer_total": format_micros(summary.customer_total),
+        "owed_to_vmgateclients": format_micros(summary.owed_to_vmgateclients),
+        "owed_to_resellers": format_micros(summary.owed_to_resellers),
+        "accounts": [{"kind": k, "id": i, "balance": format_micros(b)} for k, i, b in accounts],
+    }
+    if args.json:
+        print_json(data)
+        return 0
+    print(render_table(["figure", currency], [
+        ["My Balance", data["my_balance"]], ["Customer Total", data["customer_total"]],
+        ["Owed to VMGateClients", data["owed_to_vmgateclients"]],
+        ["Owed to Resellers", data["owed_to_resellers"]]]))
+    print()
+    print(render_table(["kind", "id", "balance"],
+                       [[a["kind"], a["id"], a["balance"]] for a in data["accounts"]],
+                       left=("id",)))
+    return 0
+
+
+def _receipt(args: argparse.Namespace, what: str, result: dict[str, Any]) -> int:
+    if args.json:
+        print_json(result)
+    elif result.get("existed"):
+        print(f"{what}: already recorded as {result['key']} (seq {result['seq']}); nothing added")
+    else:
+        print(f"{what}: recorded as {result['key']} (seq {result['seq']})")
+    return 0
+
+
+def run_pay(args: argparse.Namespace) -> int:
+    """Customer payment IN; returns once it is durable in the ledger."""
+    result = _ctl(load(args), "pay",
+                  {"customer": args.customer, "amount": args.amount, "ref": args.ref})
+    return _receipt(args, f"payment from {args.customer}", result)
+
+
+def run_payout(args: argparse.Namespace) -> int:
+    """VMGateClient / reseller payout OUT; returns once durable."""
+    result = _ctl(load(args), "payout", {"kind": args.kind, "id": args.id,
+                                         "amount": args.amount, "ref": args.ref})
+    return _receipt(args, f"payout to {args.kind} {args.id}", result)
+
+
+def run_payments(args: argparse.Namespace) -> int:
+    """Recent payments: date, direction, target type, target, amount, reference."""
+    config = load(args)
+    items = reports.payments(_ledger_path(config), limit=args.limit)
+    data = [{"date": format_time(p.date), "direction": p.direction,
+             "target_type": p.target_type, "target": p.target,
+             "amount": format_micros(p.amount), "reference": p.reference} for p in items]
+    rows = [[d["date"], d["direction"], d["target_type"], d["target"], d["amount"],
+             d["reference"]] for d in data]
+    return _emit(args, data, ["date", "direction", "target_type", "target", "amount",
+                              "reference"], rows)
+
+
+# -- rosters -----------------------------------------------------------------------------------
+def run_resellers(args: argparse.Namespace) -> int:
+    """Name, company, email, client count, online count, balance, billing type, status."""
+    data = _ctl(load(args), "resellers")
+    rows = [[r["id"], r["name"], r["company"], r["email"], r["clients"], r["online"],
+             r["balance"], r["billing_type"], r["status"]] for r in data]
+    return _emit(args, data, ["id", "name", "company", "email", "clients", "online", "balance",
+                              "billing_type", "status"], rows)
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    """VMGateClients: network, reseller (or direct), plan, online, balance."""
+    data = _ctl(load(args), "clients")
+    rows = [[c["id"], c["name"], c["network"], c["reseller"], c["join_code"], c["rate_plan"],
+             c["online"], c["balance"]] for c in data]
+    return _emit(args, data, ["id", "name", "network", "reseller", "join_code", "rate_plan",
+                              "online", "balance"], rows)
+
+
+# -- long operations ----------------------------------------------------------------------------
+def run_rerate(args: argparse.Namespace) -> int:
+    """Rate unrated calls again (reversal + new transaction for each that now rates)."""
+    bar = Progress("rerate")
+    try:
+        result = _ctl(load(args), "rerate", on_progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        print_json(result)
+    else:
+        print(f"examined {result['examined']}, rerated {result['rerated']}, "
+              f"still unrated {result['still_unrated']}")
+    return 0
+
+
+def run_cdr_import(args: argparse.Namespace) -> int:
+    """Send a CDR file to the daemon in chunks; per-line errors are reported, not fatal."""
+    config = load(args)
+    try:
+        lines = args.file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise CommandError(f"{args.file}: {exc.strerror}") from exc
+    bar = Progress("cdr import")
+    totals: dict[str, Any] = {"billed": 0, "already_billed": 0, "errors": []}
+    try:
+        for first in range(0, len(lines), CHUNK):
+            result = _ctl(config, "cdr_import",
+                          {"lines": lines[first : first + CHUNK], "first_line": first + 1})
+            totals["billed"] += result["billed"]
+            totals["already_billed"] += result["already_billed"]
+            totals["errors"] += [f"{args.file}:{e}" for e in result["errors"]]
+            bar(min(first + CHUNK, len(lines)), len(lines))
+    finally:
+        bar.close()
+    if args.json:
+        print_json(totals)
+    else:
+        print(f"billed {totals['billed']}, already billed {totals['already_billed']}, "
+              f"errors {len(totals['errors'])}")
+        for err in totals["errors"]:
+            print(err, file=sys.stderr)
+    return 1 if totals["errors"] else 0
+
+
+def _capture_items(data: bytes) -> Iterator[dict[str, Any]]:
+    for d in read_capture(data):
+        item: dict[str, Any] = {"data": base64.b64encode(d.payload).decode(), "ts": d.ts_us}
+        if d.is_hep:
+            item["hep"] = True
+        else:
+            item["src"], item["dst"] = list(d.src), list(d.dst)
+        yield item
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Replay a capture through the daemon's pipeline (its own tracker, same ledger)."""
+    config = load(args)
+    try:
+        data = args.file.read_bytes()
+        items = list(_capture_items(data))
+    except OSError as exc:
+        raise CommandError(f"{args.file}: {exc.strerror}") from exc
+    except CaptureError as exc:
+        raise CommandError(f"{args.file}: {exc}") from exc
+    session = _ctl(config, "replay_begin")["session"]
+    bar = Progress("replay")
+    billed = existed = 0
+    try:
+        for first in range(0, len(items), CHUNK):
+            result = _ctl(config, "replay_chunk",
+                          {"session": session, "items": items[first : first + CHUNK]})
+            billed += result["billed"]
+            existed += result["already_billed"]
+            bar(min(first + CHUNK, len(items)), len(items))
+        result = _ctl(config, "replay_end", {"session": session})
+    finally:
+        bar.close()
+    out = {"datagrams": len(items), "billed": billed + result["billed"],
+           "already_billed": existed + result["already_billed"]}
+    if args.json:
+        print_json(out)
+    else:
+        print(f"replayed {out['datagrams']} datagrams: billed {out['billed']} calls, "
+              f"{out['already_billed']} already billed")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Recompute the chain, zero-sums and balances; exit 1 on the first bad seq."""
+    config = load(args) if args.state_dir is None else None
+    path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
+    report = verify(path)
+    if args.json:
+        print_json({"ok": report.ok, "transactions": report.transactions,
+                    "postings": report.postings, "checkpoints": report.checkpoints,
+                    "head_seq": report.head_seq, "head_hash": report.head_hash,
+                    "first_bad_seq": report.first_bad_seq, "problem": report.problem})
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def run_head(args: argparse.Namespace) -> int:
+    """The chain head, to write down outside the machine."""
+    config = load(args) if args.state_dir is None else None
+    path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
+    seq, digest = reports.head(path)
+    print_json({"seq": seq, "hash": digest}) if args.json else print(f"{seq} {digest}")
+    return 0

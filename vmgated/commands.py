@@ -1,0 +1,332 @@
+"""Server side of `vmgatectl`'s live commands, registered on the control socket.
+
+Reports that only read history (calls, payments, balances, ledger verify) are served by the CLI
+straight from the ledger file (read-only), so they work with the daemon stopped. What needs the
+live process comes here: status, reload, active calls, money writes (pay/payout, whose reply
+means "durably in the ledger"), rerate, CDR import, replay and the live rosters.
+
+Replay and CDR import are chunked by the CLI (it reads the file and shows the progress bar);
+a replay gets its own tracker, clocked by capture time, so old traffic never mixes with live
+dialogs and the result equals the live run's.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ledger import transactions
+from ledger.model import AccountKind, Transaction, account
+from rating.units import UnitError, format_micros, format_time, parse_amount
+from sip.dialog import Tracker
+from vmgated.control import ControlServer
+from vmgated.pipeline import Billable, Pipeline
+
+if TYPE_CHECKING:
+    from vmgated.app import App
+
+ONLINE_WINDOW_US = 300 * 1_000_000  # a client that carried a call in the last 5 min is online
+Handler = Callable[[dict[str, Any], Callable[[int, int], None]], Awaitable[object]]
+
+
+class CommandError(Exception):
+    """A refusal the clerk should read (bad amount, unknown customer...)."""
+
+
+@dataclass
+class ReplaySession:
+    """One `vmgatectl replay` in progress: its own tracker and submitted transactions."""
+
+    pipeline: Pipeline
+    submitted: list[Transaction] = field(default_factory=list)
+    last_ts: int = 0
+
+
+class Commands:
+    """The live command handlers, bound to one App."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.replays: dict[str, ReplaySession] = {}
+
+    def handlers(self) -> Mapping[str, Handler]:
+        """Command name → handler, for the control server."""
+        return {
+            "status": self.status,
+            "reload": self.reload,
+            "calls_active": self.calls_active,
+            "balances": self.balances,
+            "pay": self.pay,
+            "payout": self.payout,
+            "resellers": self.resellers,
+            "clients": self.clients,
+            "rerate": self.rerate,
+            "cdr_import": self.cdr_import,
+            "replay_begin": self.replay_begin,
+            "replay_chunk": self.replay_chunk,
+            "replay_end": self.replay_end,
+        }
+
+    # -- state ---------------------------------------------------------------------------
+    async def status(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """Uptime, config, listeners, active calls, queue and ledger head."""
+        app = self.app
+        seq, digest = await app.ledger.head()
+        return {
+            "config": str(app.config_path),
+            "state_dir": str(app.config.state_dir),
+            "uptime_s": (time.time_ns() // 1000 - app.started_us) // 1_000_000,
+            "listeners": [listener.describe() for listener in app.listeners],
+            "active_calls": len(app.pipeline.tracker),
+            "pending_commits": len(app.pending),
+            "backlog": len(app.backlog),
+            "ledger_queue": app.ledger.queue_depth,
+            "ledger_head": {"seq": seq, "hash": digest},
+            "last_reload": app.last_reload,
+            "packets": {f"{i}/{r}": n for (i, r), n in sorted(app.counters.packets.items())},
+        }
+
+    async def reload(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """SIGHUP equivalent; the refusal (file, line, field) comes back as the error."""
+        try:
+            return await self.app.reload()
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
+
+    async def calls_active(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Calls in progress with their attribution (answered or ringing)."""
+        app = self.app
+        attributor = app.pipeline.runtime.attributor
+        out = []
+        for call in app.pipeline.tracker.active():
+            who = attributor.attribute(call)
+            out.append({
+                "call_id": call.call_id, "trunk": who.trunk, "customer": who.customer,
+                "client": who.client, "network": who.network, "reseller": who.reseller,
+                "caller": call.caller, "callee": call.callee,
+                "start": format_time(call.start), "answer": format_time(call.answer),
+            })
+        return out
+
+    async def balances(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """The live projection (same numbers /metrics exports)."""
+        cur = self.app.config.tenant.currency
+        bal = self.app.ledger.balances
+        s = bal.summary(cur)
+        return {
+            "currency": cur,
+            "my_balance": format_micros(s.my_balance),
+            "customer_total": format_micros(s.customer_total),
+            "owed_to_vmgateclients": format_micros(s.owed_to_vmgateclients),
+            "owed_to_resellers": format_micros(s.owed_to_resellers),
+            "accounts": [
+                {"kind": kind, "id": ident, "balance": format_micros(amount)}
+                for kind, ident, amount in bal.accounts(cur)
+            ],
+        }
+
+    # -- money -----------------------------------------------------------------------------
+    def _amount(self, args: dict[str, Any]) -> int:
+        try:
+            amount = parse_amount(str(args.get("amount", "")))
+        except UnitError as exc:
+            raise CommandError(f"amount: {exc}") from exc
+        if amount <= 0:
+            raise CommandError("amount: must be greater than 0")
+        return amount
+
+    def _ref(self, args: dict[str, Any]) -> str:
+        ref = str(args.get("ref") or "").strip()
+        if not ref:
+            raise CommandError("--ref is required: the reference makes the payment idempotent")
+        return ref
+
+    async def _commit(self, tx: Transaction) -> object:
+        receipt = await self.app.ledger.submit(tx)
+        return {"key": receipt.key, "seq": receipt.seq, "hash": receipt.hash,
+                "existed": receipt.existed}
+
+    async def pay(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """Customer payment IN: customer +A, external −A (durable when this returns)."""
+        cfg = self.app.config
+        customer = str(args.get("customer", ""))
+        if cfg.customer(customer) is None:
+            raise CommandError(f"unknown customer {customer!r}; known: "
+                               f"{', '.join(c.id for c in cfg.customers)}")
+        tx = transactions.payment_in(customer, self._amount(args), self._ref(args),
+                                     time.time_ns() // 1000, cfg.tenant.currency)
+        return await self._commit(tx)
+
+    async def payout(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """VMGateClient or reseller payout OUT: target −A, external +A."""
+        cfg = self.app.config
+        kind, ident = str(args.get("kind", "")), str(args.get("id", ""))
+        amount, ref, now = self._amount(args), self._ref(args), time.time_ns() // 1000
+        if kind == "client":
+            if cfg.client(ident) is None:
+                raise CommandError(f"unknown VMGateClient {ident!r}")
+            tx = transactions.client_payout(ident, amount, ref, now, cfg.tenant.currency)
+        elif kind == "reseller":
+            if cfg.reseller(ident) is None:
+                raise CommandError(f"unknown reseller {ident!r}")
+            tx = transactions.reseller_payout(ident, amount, ref, now, cfg.tenant.currency)
+        else:
+            raise CommandError("payout target must be 'client' or 'reseller'")
+        return await self._commit(tx)
+
+    # -- rosters -----------------------------------------------------------------------------
+    def _online(self) -> set[str]:
+        app = self.app
+        attributor = app.pipeline.runtime.attributor
+        online = {attributor.attribute(c).client for c in app.pipeline.tracker.active()}
+        horizon = time.time_ns() // 1000 - ONLINE_WINDOW_US
+        online.update(c for c, seen in app.client_last_seen.items() if seen >= horizon)
+        online.discard(None)
+        return {c for c in online if c is not None}
+
+    async def clients(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """VMGateClients with network, reseller, plan, online flag and balance."""
+        cfg, online = self.app.config, self._online()
+        bal = self.app.ledger.balances
+        cur = cfg.tenant.currency
+        return [
+            {"id": c.id, "name": c.name, "network": c.network,
+             "reseller": c.reseller or "direct", "join_code": c.join_code,
+             "rate_plan": c.rate_plan, "online": c.id in online,
+             "balance": format_micros(bal.get(cur, account(AccountKind.CLIENT, c.id)))}
+            for c in cfg.vmgateclients
+        ]
+
+    async def resellers(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """The reseller roster of the seeds' Resellers page."""
+        cfg, online = self.app.config, self._online()
+        bal = self.app.ledger.balances
+        cur = cfg.tenant.currency
+        out = []
+        for r in cfg.resellers:
+            mine = [c.id for c in cfg.vmgateclients if c.reseller == r.id]
+            out.append({
+                "id": r.id, "name": r.name, "company": r.company, "email": r.email,
+                "clients": len(mine), "online": sum(1 for c in mine if c in online),
+                "balance": format_micros(bal.get(cur, account(AccountKind.RESELLER, r.id))),
+                "billing_type": r.billing_type, "status": r.status,
+            })
+        return out
+
+    # -- rerate / import / replay -------------------------------------------------------------
+    async def rerate(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
+        """Rate unrated calls again with the running plans (reversal + new transaction)."""
+        app = self.app
+        calls = await app.ledger.unrated_calls()
+        cur = app.config.tenant.currency
+        rerated = still = 0
+        for i, old in enumerate(calls, 1):
+            new = app.pipeline.rerate_entry(old)
+            if new.flags == old.flags and new.legs == old.legs:
+                still += 1
+            else:
+                reversal, fresh = transactions.rerate(old, new, cur, time.time_ns() // 1000)
+                await app.ledger.submit(reversal)
+                await app.ledger.submit(fresh)
+                rerated += 1
+            progress(i, len(calls))
+        return {"examined": len(calls), "rerated": rerated, "still_unrated": still}
+
+    async def cdr_import(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Bill a chunk of CDR lines (the CLI sends a file in chunks); returns per-line errors."""
+        from vmgated.cdr import CdrError, parse_line
+
+        app = self.app
+        lines: list[str] = list(args.get("lines", []))
+        errors, txs = [], []
+        for n, line in enumerate(lines, int(args.get("first_line", 1))):
+            if not line.strip():
+                continue
+            try:
+                cdr = parse_line(line)
+            except CdrError as exc:
+                errors.append(f"line {n}: {exc}")
+                continue
+            txs.append(app.pipeline.transaction(Billable(cdr.uid, cdr.record, cdr.trunk,
+                                                         cdr.client)))
+        billed = existed = 0
+        for tx in txs:
+            receipt = await app.ledger.submit(tx)
+            if receipt.existed:
+                existed += 1
+            else:
+                billed += 1
+                if tx.call is not None:
+                    app.record_call(tx.call)
+        return {"billed": billed, "already_billed": existed, "errors": errors}
+
+    async def replay_begin(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Start a replay session with its own tracker."""
+        app = self.app
+        session_id = f"r{time.time_ns()}"
+        session = ReplaySession(pipeline=Pipeline(
+            app.pipeline.runtime,
+            Tracker(max_duration_us=app.config.calls.max_duration_us),
+            app.counters,
+            lambda item, tx: session.submitted.append(tx),
+            lambda: session.last_ts,
+        ))
+        self.replays[session_id] = session
+        return {"session": session_id}
+
+    async def replay_chunk(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Feed a chunk of captured datagrams: `hep` items or raw `sip` with ts/src/dst."""
+        session = self.replays[str(args["session"])]
+        for item in args.get("items", []):
+            payload = base64.b64decode(item["data"])
+            if item.get("hep"):
+                session.pipeline.feed_hep([(payload, ("0.0.0.0", 0))])
+            else:
+                src, dst, ts = tuple(item["src"]), tuple(item["dst"]), int(item["ts"])
+                session.pipeline.feed_sip(payload, ts, (src[0], src[1]), (dst[0], dst[1]))
+            session.last_ts = max(session.last_ts, int(item.get("ts", 0)))
+        return await self._flush_replay(session)
+
+    async def replay_end(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Close what the capture left open (as the live daemon would) and commit it all."""
+        session = self.replays.pop(str(args["session"]))
+        horizon = session.last_ts + self.app.config.calls.max_duration_us + 3_600_000_000
+        session.pipeline.expire(horizon)
+        result = await self._flush_replay(session)
+        result["active_left"] = len(session.pipeline.tracker)
+        return result
+
+    async def _flush_replay(self, session: ReplaySession) -> dict[str, Any]:
+        billed = existed = 0
+        txs, session.submitted = session.submitted, []
+        for tx in txs:
+            receipt = await self.app.ledger.submit(tx)
+            if receipt.existed:
+                existed += 1
+            else:
+                billed += 1
+                if tx.call is not None:
+                    self.app.record_call(tx.call)
+        return {"billed": billed, "already_billed": existed}
+
+
+async def start_control(app: App, path: Any) -> ControlServer:
+    """Start the control socket with the live command handlers."""
+    server = ControlServer(path, Commands(app).handlers())
+    await server.start()
+    return server

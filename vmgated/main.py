@@ -1,0 +1,37 @@
+"""`vmgated --config PATH`: run the daemon in the foreground (systemd Type=notify)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/vmgated/vmgated.yaml"
+
+
+def config_path(arg: str | None) -> Path:
+    """--config, else $VMGATED_CONFIG, else /etc/vmgated/vmgated.yaml (SPEC §8)."""
+    return Path(arg or os.environ.get("VMGATED_CONFIG") or DEFAULT_CONFIG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, load the config and run the daemon until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="vmgated", description="SIP edge billing daemon")
+    parser.add_argument("--config", help=f"YAML config (default $VMGATED_CONFIG, {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", default=os.environ.get("VMGATED_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        # journald adds its own timestamps; keep lines short and greppable.
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from vmgated.app import run  # imported late: --help must not need uvloop
+
+    return run(config_path(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The per-packet path: datagrams → HEP → SIP → tracker → attribution → rater → transaction.
+
+Synchronous and socket-free: listeners hand it batches, it hands finished, rated calls to a
+`sink` (the ledger writer side, owned by `vmgated.app`). Everything that may change on reload
+(config, rater, attributor) sits in one immutable `Runtime` swapped by a single assignment, so
+a packet is always rated against one consistent config.
+
+Drops are counted by (input, reason) and never raise: a malformed datagram must not cost us
+another call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from ledger.model import CallEntry, Transaction
+from ledger.transactions import call_tx
+from rating.model import Leg, RatedCall
+from rating.rater import Rater
+from sip import hep, message
+from sip.call import Addr, CallRecord
+from sip.dialog import Tracker
+from vmgated.attribution import Attribution, Attributor
+from vmgated.cdr import CdrError, parse_line
+from vmgated.config import Config
+from vmgated.metrics import Counters
+
+SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything derived from one loaded config; replaced whole on reload."""
+
+    config: Config
+    rater: Rater
+    attributor: Attributor
+
+    @classmethod
+    def build(cls, config: Config) -> Runtime:
+        """Build the rater (prefix indexes) and attributor for a config, off to the side."""
+        return cls(config=config, rater=config.rater(), attributor=Attributor(config))
+
+
+@dataclass(frozen=True, slots=True)
+class Billable:
+    """A finished call waiting for its durable commit (kept in snapshots until acked)."""
+
+    uid: str
+    record: CallRecord
+    trunk: str | None = None  # given by a CDR line; otherwise attribution decides
+    client: str | None = None
+
+
+class Pipeline:
+    """Turns input datagrams into rated call transactions for one tracker."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        tracker: Tracker,
+        counters: Counters,
+        sink: Callable[[Billable, Transaction], None],
+        clock_us: Callable[[], int],
+    ) -> None:
+        self.runtime = runtime
+        self.tracker = tracker
+        self.counters = counters
+        self.sink = sink
+        self.clock_us = clock_us
+
+    # -- input -------------------------------------------------------------------------
+    def feed_hep(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
+        """Process a batch of HEP datagrams (already filtered by the source allow-list)."""
+        packets = self.counters.packets
+        auth_key = self.runtime.config.security.hep_auth_key
+        decode, parse, feed = hep.decode, message.parse, self.tracker.feed
+        for data, _sender in batch:
+            try:
+                pkt = decode(data)
+            except hep.HepError as exc:
+                packets[("hep", exc.reason)] += 1
+                continue
+            if auth_key is not None and pkt.auth_key != auth_key:
+                packets[("hep", "auth")] += 1
+                continue
+            if pkt.proto_type != SIP_PROTO_TYPE:
+                packets[("hep", "not_sip")] += 1
+                continue
+            try:
+                msg = parse(pkt.payload)
+            except message.SipError as exc:
+                packets[("hep", "sip_" + exc.reason)] += 1
+                continue
+            packets[("hep", "ok")] += 1
+            records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id, pkt.correlation_id)
+            if records:
+                for record in records:
+                    self.bill(Billable("", record))
+
+    def feed_cdr(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
+        """Process a batch of CDR datagrams (one JSON object each, or several lines)."""
+        for data, sender in batch:
+            for line in data.splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    cdr = parse_line(line, sender)
+                except CdrError as exc:
+                    self.counters.count_packets("cdr", exc.reason)
+                    continue
+                self.counters.count_packets("cdr", "ok")
+                self.bill(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))
+
+    def feed_sip(self, data: bytes, ts_us: int, src: Addr, dst: Addr) -> None:
+        """Process one raw SIP payload captured without HEP (pcap replay)."""
+        try:
+            msg = message.parse(data)
+        except message.SipError as exc:
+            self.counters.count_packets("sip", "sip_" + exc.reason)
+            return
+        self.counters.count_packets("sip", "ok")
+        for record in self.tracker.feed(msg, ts_us, src, dst, None, None):
+            self.bill(Billable("", record))
+
+    def expire(self, now_us: int | None = None) -> int:
+        """Close overdue dialogs (max_duration, session expiry, no final response)."""
+        records = self.tracker.expire(self.clock_us() if now_us is None else now_us)
+        for record in records:
+            self.bill(Billable("", record))
+        return len(records)
+
+    # -- billing -------------------------------------------------------------------------
+    def bill(self, item: Billable) -> None:
+        """Attribute, rate and hand one finished call to the sink."""
+        tx = self.transaction(item)
+        self.sink(item, tx)
+
+    def attribute(self, item: Billable) -> Attribution:
+        """Attribution from the CDR's named parties, else from the record's hops."""
+        attributor = self.runtime.attributor
+        found = attributor.attribute(item.record)
+        if item.trunk is None and item.client is None:
+            return found
+        return attributor.named(
+            trunk=item.trunk if item.trunk is not None else found.trunk,
+            client=item.client if item.client is not None else found.client,
+        )
+
+    def entry(self, item: Billable) -> CallEntry:
+        """Rate a finished call for its three parties and build its history entry."""
+        record = item.record
+        who = self.attribute(item)
+        rated = self.runtime.rater.rate(record.callee, who.trunk, who.client, record.start,
+                                        record.billsec)
+        legs, flags = rating_fields(rated, record.flags)
+        return CallEntry(
+            call_uid=item.uid or record.uid,
+            call_id=record.call_id,
+            trunk=who.trunk,
+            customer=who.customer,
+            client=who.client,
+            network=who.network,
+            reseller=who.reseller,
+            caller=record.caller,
+            callee=record.callee,
+            number=rated.number,
+            start=record.start,
+            answer=record.answer,
+            end=record.end,
+            billsec=record.billsec,
+            sip_code=record.sip_code,
+            disposition=record.disposition.value,
+            legs=legs,
+            margin=rated.margin,
+            flags=flags,
+        )
+
+    def rerate_entry(self, old: CallEntry) -> CallEntry:
+        """Rate a call from history again with the running plans, same attribution."""
+        rated = self.runtime.rater.rate(old.callee, old.trunk, old.client, old.start, old.billsec)
+        legs, flags = rating_fields(rated, old.flags)
+        return replace(old, number=rated.number, legs=legs, margin=rated.margin, flags=flags)
+
+    def transaction(self, item: Billable) -> Transaction:
+        """The ledger transaction for a finished call (key `call:<uid>`)."""
+        entry = self.entry(item)
+        # created = the call's end (capture time), so a replay writes the same transaction.
+        return call_tx(entry, self.runtime.config.tenant.currency, entry.end)
+
+
+_DERIVED_FLAGS = ("negative_margin", "unrated")
+
+
+def rating_fields(
+    rated: RatedCall, base_flags: tuple[str, ...]
+) -> tuple[tuple[Leg, ...], tuple[str, ...]]:
+    """The legs present and the flags a rating adds (replacing any earlier rating's flags)."""
+    legs = tuple(leg for leg in (rated.customer, rated.vmgateclient, rated.reseller) if leg)
+    flags = tuple(f for f in base_flags if f not in _DERIVED_FLAGS)
+    if rated.negative_margin:
+        flags = (*flags, "negative_margin")
+    if rated.unrated:
+        flags = (*flags, "unrated")
+    return legs, flags
