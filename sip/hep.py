@@ -20,7 +20,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 import zlib
-from dataclasses import dataclass
+import operator
+from typing import NamedTuple
 
 from sip.call import Addr
 
@@ -74,6 +75,14 @@ _FIXED_LEN: dict[int, int] = {
 }
 
 _chunk_hdr = struct.Struct(">HHH")
+# Kamailio's siptrace (and our encoder) write chunks 0x01–0x04, 0x07–0x0C first, in this order,
+# for IPv4: one unpack reads them all; their (vendor, type, length) headers are checked as one
+# tuple. Any other layout takes the general chunk walk.
+_KAM_PREFIX = struct.Struct(">HHHB HHHB HHH4s HHH4s HHHH HHHH HHHI HHHI HHHB HHHI")
+_KAM_HEADERS = (0, 1, 7, 0, 2, 7, 0, 3, 10, 0, 4, 10, 0, 7, 8, 0, 8, 8, 0, 9, 10, 0, 10, 10,
+                0, 11, 7, 0, 12, 10)  # fmt: skip
+_kam_headers = operator.itemgetter(*[i for i in range(40) if i % 4 != 3])
+_kam_values = operator.itemgetter(*range(3, 40, 4))
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
 _v2_time = struct.Struct("<IIH2x")  # Kamailio writes struct hep_timehdr in host (x86) order
@@ -88,9 +97,11 @@ class HepError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class HepPacket:
-    """One decoded HEP datagram: who sent what to whom, when it was captured, by which agent."""
+class HepPacket(NamedTuple):
+    """One decoded HEP datagram: who sent what to whom, when it was captured, by which agent.
+
+    Immutable (a NamedTuple: it is built once per packet, and that has to be cheap).
+    """
 
     version: int
     family: int  # 2 (IPv4) or 10 (IPv6), as decided by the address chunks present
@@ -122,8 +133,17 @@ def is_hep(data: bytes | memoryview) -> bool:
     )
 
 
-def _ip4(b: bytes | memoryview) -> str:
-    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
+_IP4_CACHE: dict[bytes, str] = {}
+
+
+def _ip4(b: bytes) -> str:
+    # A capture agent reports few distinct addresses; formatting each once saves the f-string.
+    s = _IP4_CACHE.get(b)
+    if s is None:
+        if len(_IP4_CACHE) >= 4096:
+            _IP4_CACHE.clear()
+        s = _IP4_CACHE[b] = f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
+    return s
 
 
 def _ip6(b: bytes | memoryview) -> str:
@@ -162,7 +182,10 @@ def _decode_v3(data: bytes, sip_only: bool) -> HepPacket:
 
     family = 0
     ip_proto = 0
-    src4 = dst4 = src6 = dst6 = None
+    src4: str | None = None
+    dst4: str | None = None
+    src6: str | None = None
+    dst6: str | None = None
     sport = dport = 0
     ts_sec: int | None = None
     ts_usec = 0
@@ -173,9 +196,18 @@ def _decode_v3(data: bytes, sip_only: bool) -> HepPacket:
     correlation_id: str | None = None
     node_name: str | None = None
 
+    off = 6
+    if n >= 6 + _KAM_PREFIX.size:
+        vals = _KAM_PREFIX.unpack_from(data, 6)
+        if _kam_headers(vals) == _KAM_HEADERS:
+            (family, ip_proto, s4, d4, sport, dport, ts_sec, ts_usec, proto_type,
+             capture_id) = _kam_values(vals)  # fmt: skip
+            src4 = _ip4(s4)
+            dst4 = _ip4(d4)
+            off += _KAM_PREFIX.size
+
     unpack_hdr = _chunk_hdr.unpack_from
     fixed = _FIXED_LEN
-    off = 6
     while off < n:
         if n - off < 6:
             raise HepError("bad_chunk", f"offset {off}: {n - off} stray bytes after the chunks")
@@ -269,8 +301,8 @@ def _decode_v12(data: bytes) -> HepPacket:
         raise HepError("truncated", f"{n} bytes, a HEPv1/v2 header needs at least 16")
     version, hlen, fam, proto, sport, dport = _v12_hdr.unpack_from(data, 0)
     if fam == _AF_INET and hlen == 16:
-        src: Addr = (_ip4(data[8:12]), sport)
-        dst: Addr = (_ip4(data[12:16]), dport)
+        src: Addr = (_ip4(bytes(data[8:12])), sport)
+        dst: Addr = (_ip4(bytes(data[12:16])), dport)
     elif fam == _AF_INET6 and hlen == 40:
         if n < 40:
             raise HepError("truncated", f"{n} bytes, an IPv6 HEPv{version} header needs 40")

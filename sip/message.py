@@ -3,8 +3,11 @@
 RFC 3261 §7 framing: a start line, header lines, an empty line, a body. Accepted variations seen
 in real traffic: CRLF or bare LF, folded header lines (§7.3.1), case-insensitive and compact
 header names (i f t v l x …), repeated and comma-joined Via, a missing empty line (a header-only
-message). Headers billing does not need are never split or decoded: one C-level regex scan
-finds the interesting lines, URI users are extracted only when asked for.
+message). Headers billing does not need are never split or decoded. The four every message
+needs (Call-ID, From, To, CSeq, plus Content-Length) are found with `bytes.find` on their
+canonical spelling, which is what real UAs and proxies send; any other spelling, a missing
+header or a folded line falls back to one regex scan that knows every form. Optional headers
+(Via, Session-Expires, Min-SE, Reason, Record-Route) and URI users are read only when asked for.
 
 `parse` raises `SipError` — with a short `reason` usable as a metric label — and nothing else,
 whatever bytes it is given.
@@ -19,34 +22,38 @@ __all__ = ["MAX_MESSAGE", "SipError", "SipMessage", "parse", "uri_user"]
 
 MAX_MESSAGE = 65535  # larger than any UDP datagram: not a SIP message we could have captured
 
-# The headers billing reads, by every name they go by (compact forms from RFC 3261 §7.3.3 and
-# RFC 4028 for Session-Expires "x"). Longer names come before their one-letter prefixes.
-_HEADER_RE = re.compile(
-    rb"\n(call-id|i|from|f|to|t|cseq|via|v|session-expires|x|min-se|reason|record-route"
-    rb"|content-length|l)[ \t]*:[ \t]*([^\r\n]*(?:\r?\n[ \t]+[^\r\n]*)*)",
-    re.IGNORECASE,
-)
+# The headers every message needs, by every name they go by (RFC 3261 §7.3.3 compact forms).
+# Longer names come before their one-letter prefixes. A value runs on over folded lines.
+_VALUE = rb"[ \t]*:[ \t]*([^\r\n]*(?:\r?\n[ \t]+[^\r\n]*)*)"
+_HEADER_RE = re.compile(rb"\n(call-id|i|from|f|to|t|cseq|content-length|l)" + _VALUE, re.I)
+_CALL_ID, _FROM, _TO, _CSEQ, _CL = range(5)
 _CANON: dict[bytes, int] = {}
-_CALL_ID, _FROM, _TO, _CSEQ, _VIA, _SE, _MIN_SE, _REASON, _RR, _CL = range(10)
 for _names, _code in (
     ((b"call-id", b"i"), _CALL_ID),
     ((b"from", b"f"), _FROM),
     ((b"to", b"t"), _TO),
     ((b"cseq",), _CSEQ),
-    ((b"via", b"v"), _VIA),
-    ((b"session-expires", b"x"), _SE),
-    ((b"min-se",), _MIN_SE),
-    ((b"reason",), _REASON),
-    ((b"record-route",), _RR),
     ((b"content-length", b"l"), _CL),
 ):
     for _n in _names:
         _CANON[_n] = _code
+# Optional headers, found on demand: the first line of any spelling.
+_VIA_RE = re.compile(rb"\n(?:via|v)" + _VALUE, re.I)
+_SE_RE = re.compile(rb"\n(?:session-expires|x)" + _VALUE, re.I)
+_MIN_SE_RE = re.compile(rb"\nmin-se" + _VALUE, re.I)
+_REASON_RE = re.compile(rb"\nreason" + _VALUE, re.I)
+_RR_RE = re.compile(rb"\nrecord-route[ \t]*:", re.I)
+_METHODS = {
+    m.encode(): m
+    for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
+              "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE", "PUBLISH")
+}  # fmt: skip
 
 _FOLD_RE = re.compile(rb"\r?\n[ \t]+")
 _TOKEN_RE = re.compile(rb"[A-Za-z0-9.!%*_+`'~-]+")
 _TAG_RE = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 _BRANCH_RE = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
+_MISSING = object()
 _MAX_DIGITS = 10  # int() on a 5000-digit string raises; nothing we bill needs more than 2**32
 
 
@@ -61,9 +68,10 @@ class SipError(ValueError):
 class SipMessage(NamedTuple):
     """The billing view of one SIP request or response (immutable; a NamedTuple to build fast).
 
-    `method` is None for responses and `status` is 0 for requests. `reason` is the Reason
-    header (RFC 3326), `phrase` the response's reason phrase. `ruri`, `from_hdr` and `to_hdr`
-    are kept raw; their users are decoded on demand (only the first INVITE of a call needs them).
+    `method` is None for responses and `status` is 0 for requests. Fields every message needs
+    are decoded by `parse`; the rest are read from the kept header block on demand by the
+    properties (`ruri_user`, `from_user`, `to_user`, `via_branch`, `session_expires`, `min_se`,
+    `reason`, `has_record_route`), which never raise: a malformed optional header reads as None.
     """
 
     method: str | None
@@ -77,13 +85,9 @@ class SipMessage(NamedTuple):
     call_id: str
     cseq_num: int
     cseq_method: str
-    via_branch: str | None
-    session_expires: int | None  # seconds
-    min_se: int | None  # seconds
-    reason: str | None
-    has_record_route: bool
     content_length: int | None
     body: bytes
+    head: bytes  # start line and headers, without the empty line
 
     @property
     def is_request(self) -> bool:
@@ -104,6 +108,52 @@ class SipMessage(NamedTuple):
     def to_user(self) -> str:
         """User part of the To URI."""
         return _addr_user(self.to_hdr)
+
+    @property
+    def via_branch(self) -> str | None:
+        """The branch parameter of the topmost Via (the transaction id, RFC 3261 §17.2.3)."""
+        v = _optional(_VIA_RE, self.head)
+        if v is None:
+            return None
+        comma = v.find(b",")
+        m = _BRANCH_RE.search(v[:comma] if comma >= 0 else v)
+        return _text(m.group(1)) if m else None
+
+    @property
+    def session_expires(self) -> int | None:
+        """Session-Expires delta-seconds (RFC 4028), None if absent or malformed."""
+        return _seconds(_optional(_SE_RE, self.head))
+
+    @property
+    def min_se(self) -> int | None:
+        """Min-SE delta-seconds (RFC 4028), None if absent or malformed."""
+        return _seconds(_optional(_MIN_SE_RE, self.head))
+
+    @property
+    def reason(self) -> str | None:
+        """The Reason header (RFC 3326) as text, e.g. ``Q.850;cause=16``."""
+        v = _optional(_REASON_RE, self.head)
+        return None if v is None else _text(v.strip())
+
+    @property
+    def has_record_route(self) -> bool:
+        """Whether a proxy asked to stay on the dialog's path (RFC 3261 §16.6)."""
+        return _RR_RE.search(self.head) is not None
+
+
+def _optional(rx: re.Pattern[bytes], head: bytes) -> bytes | None:
+    m = rx.search(head)
+    if m is None:
+        return None
+    v = m.group(1)
+    return _FOLD_RE.sub(b" ", v) if b"\n" in v else v
+
+
+def _seconds(value: bytes | None) -> int | None:
+    if value is None:
+        return None
+    v = value.split(b";", 1)[0].strip()
+    return int(v) if v.isdigit() and len(v) <= _MAX_DIGITS else None
 
 
 def _text(b: bytes) -> str:
@@ -162,7 +212,20 @@ def _addr_user(value: bytes) -> str:
     return uri_user(_addr_split(value)[0])
 
 
+_TAG_CACHE: dict[bytes, str | None] = {}
+_TAG_CACHE_MAX = 1 << 16  # every packet of a call repeats its From (and mostly its To) value
+
+
 def _tag(value: bytes) -> str | None:
+    tag = _TAG_CACHE.get(value, _MISSING)
+    if tag is _MISSING:
+        if len(_TAG_CACHE) >= _TAG_CACHE_MAX:
+            _TAG_CACHE.clear()
+        tag = _TAG_CACHE[value] = _find_tag(value)
+    return tag  # type: ignore[return-value]
+
+
+def _find_tag(value: bytes) -> str | None:
     # Header params follow the URI's closing '>' (or, with no brackets, the URI itself, which
     # may then carry no params of its own): the last '>' is always the URI's, even when a
     # quoted display name holds another.
@@ -181,13 +244,10 @@ def _tag(value: bytes) -> str | None:
     return _text(m.group(1)) if m else None
 
 
-def _digits(value: bytes, what: str) -> int:
-    v = value.strip()
-    semi = v.find(b";")
-    if semi >= 0:
-        v = v[:semi].rstrip()
+def _digits(value: bytes) -> int:
+    v = value.split(b";", 1)[0].strip()
     if not v.isdigit() or len(v) > _MAX_DIGITS:
-        raise SipError(f"bad_{what}", f"{what.replace('_', '-')} {value[:40]!r} is not a number")
+        raise SipError("bad_content_length", f"Content-Length {value[:40]!r} is not a number")
     return int(v)
 
 
@@ -223,56 +283,28 @@ def parse(data: bytes) -> SipMessage:
         status = int(code)
         if not 100 <= status <= 699:
             raise SipError("bad_status", f"status {status} outside 100–699")
-        phrase = _text(start[12:])
+        phrase = start[12:].decode("utf-8", "replace")
         ruri = b""
     else:
         parts = start.split(b" ")
-        if len(parts) != 3 or parts[2] != b"SIP/2.0" or not _TOKEN_RE.fullmatch(parts[0]):
+        if len(parts) != 3 or parts[2] != b"SIP/2.0":
             raise SipError("bad_start_line", f"request line {start[:60]!r}")
-        method = parts[0].decode("ascii")
+        method = _METHODS.get(parts[0])
+        if method is None:
+            if not _TOKEN_RE.fullmatch(parts[0]):
+                raise SipError("bad_start_line", f"request method {parts[0][:20]!r}")
+            method = parts[0].decode("ascii")
         if not parts[1]:
             raise SipError("bad_start_line", "empty Request-URI")
         ruri = parts[1]
         status = 0
         phrase = ""
 
-    call_id = from_v = to_v = cseq_v = via_v = se_v = min_se_v = reason_v = cl_v = None
-    has_rr = False
-    canon = _CANON
-    for name, value in _HEADER_RE.findall(head):
-        if b"\n" in value:  # a folded line (RFC 3261 §7.3.1): continuation is one space
-            value = _FOLD_RE.sub(b" ", value)
-        code_ = canon[name.lower()]
-        if code_ == _CALL_ID:
-            if call_id is None:
-                call_id = value
-        elif code_ == _FROM:
-            if from_v is None:
-                from_v = value
-        elif code_ == _TO:
-            if to_v is None:
-                to_v = value
-        elif code_ == _CSEQ:
-            if cseq_v is None:
-                cseq_v = value
-        elif code_ == _VIA:
-            if via_v is None:
-                via_v = value
-        elif code_ == _RR:
-            has_rr = True
-        elif code_ == _SE:
-            if se_v is None:
-                se_v = value
-        elif code_ == _MIN_SE:
-            if min_se_v is None:
-                min_se_v = value
-        elif code_ == _REASON:
-            if reason_v is None:
-                reason_v = value
-        elif cl_v is None:
-            cl_v = value
-
-    if call_id is None or not call_id.strip():
+    found = _canonical(head)
+    if found is None:
+        found = _any_spelling(head)
+    call_id, from_v, to_v, cseq_v, cl_v = found
+    if call_id is None:
         raise SipError("no_call_id", "missing Call-ID header")
     if from_v is None:
         raise SipError("no_from", "missing From header")
@@ -280,6 +312,9 @@ def parse(data: bytes) -> SipMessage:
         raise SipError("no_to", "missing To header")
     if cseq_v is None:
         raise SipError("no_cseq", "missing CSeq header")
+    call_id = call_id.strip()
+    if not call_id:
+        raise SipError("no_call_id", "empty Call-ID header")
 
     cs = cseq_v.split()
     if len(cs) != 2 or not cs[0].isdigit() or len(cs[0]) > _MAX_DIGITS:
@@ -287,29 +322,26 @@ def parse(data: bytes) -> SipMessage:
     cseq_num = int(cs[0])
     if cseq_num >= 2**31:
         raise SipError("bad_cseq", f"CSeq number {cseq_num} is not below 2**31")
-    if not _TOKEN_RE.fullmatch(cs[1]):
-        raise SipError("bad_cseq", f"CSeq method {cs[1][:20]!r}")
-    cseq_method = cs[1].decode("ascii")
+    cm = cs[1]
+    cseq_method = _METHODS.get(cm)
+    if cseq_method is None:
+        if not _TOKEN_RE.fullmatch(cm):
+            raise SipError("bad_cseq", f"CSeq method {cm[:20]!r}")
+        cseq_method = cm.decode("ascii")
     if method is not None and cseq_method != method:
         # RFC 3261 §8.1.1.5: the CSeq method MUST match the request's (ACK and CANCEL included).
         raise SipError("bad_cseq", f"CSeq method {cseq_method} on a {method} request")
 
     content_length: int | None = None
     if cl_v is not None:
-        content_length = _digits(cl_v, "content_length")
+        v = cl_v.strip()
+        content_length = int(v) if v.isdigit() and len(v) <= _MAX_DIGITS else _digits(cl_v)
         if content_length > len(body):
             raise SipError(
                 "short_body", f"Content-Length {content_length}, only {len(body)} body bytes"
             )
-        body = body[:content_length]
-
-    via_branch: str | None = None
-    if via_v is not None:
-        comma = via_v.find(b",")
-        top = via_v[:comma] if comma >= 0 else via_v
-        m = _BRANCH_RE.search(top)
-        if m:
-            via_branch = _text(m.group(1))
+        if content_length < len(body):
+            body = body[:content_length]
 
     return SipMessage(
         method,
@@ -320,14 +352,57 @@ def parse(data: bytes) -> SipMessage:
         _tag(from_v),
         to_v,
         _tag(to_v),
-        _text(call_id.strip()),
+        call_id.decode("utf-8", "replace"),
         cseq_num,
         cseq_method,
-        via_branch,
-        None if se_v is None else _digits(se_v, "session_expires"),
-        None if min_se_v is None else _digits(min_se_v, "min_se"),
-        None if reason_v is None else _text(reason_v.strip()),
-        has_rr,
         content_length,
         body,
+        head,
     )
+
+
+_Found = tuple[bytes | None, bytes | None, bytes | None, bytes | None, bytes | None]
+
+
+def _line(head: bytes, needle: bytes) -> bytes | None:
+    """Value of the first header line starting with `needle` (b"\\nName:"); None if absent.
+
+    Returns b"\\n" (never a valid value) when the line is folded, to send the caller to the
+    slow path.
+    """
+    i = head.find(needle)
+    if i < 0:
+        return None
+    i += len(needle)
+    j = head.find(b"\n", i)
+    if j < 0:
+        return head[i:].strip()
+    if head[j + 1 : j + 2] in (b" ", b"\t"):
+        return b"\n"
+    return head[i:j].strip()
+
+
+def _canonical(head: bytes) -> _Found | None:
+    """The needed headers if all are spelled as RFC 3261 writes them, unfolded; else None."""
+    call_id = _line(head, b"\nCall-ID:")
+    from_v = _line(head, b"\nFrom:")
+    to_v = _line(head, b"\nTo:")
+    cseq_v = _line(head, b"\nCSeq:")
+    if call_id is None or from_v is None or to_v is None or cseq_v is None:
+        return None
+    cl_v = _line(head, b"\nContent-Length:")
+    if cl_v is None:
+        cl_v = _line(head, b"\nl:")
+    if b"\n" in (call_id, from_v, to_v, cseq_v, cl_v):
+        return None
+    return call_id, from_v, to_v, cseq_v, cl_v
+
+
+def _any_spelling(head: bytes) -> _Found:
+    """The needed headers in any spelling (case, compact form, folding); first one wins."""
+    vals: list[bytes | None] = [None] * 5
+    for name, value in _HEADER_RE.findall(head):
+        k = _CANON[name.lower()]
+        if vals[k] is None:
+            vals[k] = _FOLD_RE.sub(b" ", value) if b"\n" in value else value
+    return vals[0], vals[1], vals[2], vals[3], vals[4]
