@@ -83,6 +83,8 @@ _KAM_HEADERS = (0, 1, 7, 0, 2, 7, 0, 3, 10, 0, 4, 10, 0, 7, 8, 0, 8, 8, 0, 9, 10
                 0, 11, 7, 0, 12, 10)  # fmt: skip
 _kam_headers = operator.itemgetter(*[i for i in range(40) if i % 4 != 3])
 _kam_values = operator.itemgetter(*range(3, 40, 4))
+_KAM_PAYLOAD = 6 + _KAM_PREFIX.size + 6  # where the payload starts in that layout
+_new_packet = tuple.__new__  # NamedTuple construction without the keyword-handling wrapper
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
 _v2_time = struct.Struct("<IIH2x")  # Kamailio writes struct hep_timehdr in host (x86) order
@@ -196,16 +198,9 @@ def _decode_v3(data: bytes, sip_only: bool) -> HepPacket:
     correlation_id: str | None = None
     node_name: str | None = None
 
+    if n > _KAM_PAYLOAD and (fast := _decode_kamailio(data, n, sip_only)) is not None:
+        return fast
     off = 6
-    if n >= 6 + _KAM_PREFIX.size:
-        vals = _KAM_PREFIX.unpack_from(data, 6)
-        if _kam_headers(vals) == _KAM_HEADERS:
-            (family, ip_proto, s4, d4, sport, dport, ts_sec, ts_usec, proto_type,
-             capture_id) = _kam_values(vals)  # fmt: skip
-            src4 = _ip4(s4)
-            dst4 = _ip4(d4)
-            off += _KAM_PREFIX.size
-
     unpack_hdr = _chunk_hdr.unpack_from
     fixed = _FIXED_LEN
     while off < n:
@@ -280,6 +275,28 @@ def _decode_v3(data: bytes, sip_only: bool) -> HepPacket:
     return HepPacket(
         3, family, ip_proto, src, dst, ts_sec * 1_000_000 + ts_usec, proto_type,
         capture_id, auth_key, payload, correlation_id, node_name,
+    )  # fmt: skip
+
+
+def _decode_kamailio(data: bytes, n: int, sip_only: bool) -> HepPacket | None:
+    """The common layout in one unpack: Kamailio's IPv4 chunks then the payload, nothing else.
+
+    Returns None whenever anything differs (other chunks, IPv6, odd values), leaving every
+    check and every error to the general chunk walk.
+    """
+    vals = _KAM_PREFIX.unpack_from(data, 6)
+    if _kam_headers(vals) != _KAM_HEADERS:
+        return None
+    vendor, ctype, clen = _chunk_hdr.unpack_from(data, _KAM_PAYLOAD - 6)
+    if vendor != 0 or ctype != _PAYLOAD or clen != n - _KAM_PAYLOAD + 6:
+        return None
+    _fam, ip_proto, s4, d4, sport, dport, sec, usec, ptype, cid = _kam_values(vals)
+    if usec > 999_999 or (sip_only and ptype != PROTO_SIP):
+        return None
+    return _new_packet(
+        HepPacket,
+        (3, _AF_INET, ip_proto, (_ip4(s4), sport), (_ip4(d4), dport), sec * 1_000_000 + usec,
+         ptype, cid, None, data[_KAM_PAYLOAD:], None, None),
     )  # fmt: skip
 
 
