@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 import zlib
-import operator
 from typing import NamedTuple
 
 from sip.call import Addr
@@ -76,14 +75,28 @@ _FIXED_LEN: dict[int, int] = {
 
 _chunk_hdr = struct.Struct(">HHH")
 # Kamailio's siptrace (and our encoder) write chunks 0x01–0x04, 0x07–0x0C first, in this order,
-# for IPv4: one unpack reads them all; their (vendor, type, length) headers are checked as one
-# tuple. Any other layout takes the general chunk walk.
-_KAM_PREFIX = struct.Struct(">HHHB HHHB HHH4s HHH4s HHHH HHHH HHHI HHHI HHHB HHHI")
-_KAM_HEADERS = (0, 1, 7, 0, 2, 7, 0, 3, 10, 0, 4, 10, 0, 7, 8, 0, 8, 8, 0, 9, 10, 0, 10, 10,
-                0, 11, 7, 0, 12, 10)  # fmt: skip
-_kam_headers = operator.itemgetter(*[i for i in range(40) if i % 4 != 3])
-_kam_values = operator.itemgetter(*range(3, 40, 4))
-_KAM_PAYLOAD = 6 + _KAM_PREFIX.size + 6  # where the payload starts in that layout
+# for IPv4, then the payload. That layout is recognised by comparing the ten chunk headers at
+# once (as one masked integer) and its values read with one unpack; anything else takes the
+# general chunk walk.
+_KAM_CHUNKS = ((0x01, 7), (0x02, 7), (0x03, 10), (0x04, 10), (0x07, 8), (0x08, 8), (0x09, 10),
+               (0x0A, 10), (0x0B, 7), (0x0C, 10))  # fmt: skip
+_KAM_VALUES = struct.Struct(">6xB6xB6x4s6x4s6xH6xH6xI6xI6xB6xI")
+_KAM_END = 6 + _KAM_VALUES.size  # where the payload chunk header starts
+_KAM_PAYLOAD = _KAM_END + 6  # where the payload starts
+
+
+def _kam_signature() -> tuple[int, int]:
+    mask = bytearray(_KAM_VALUES.size)
+    want = bytearray(_KAM_VALUES.size)
+    off = 0
+    for ctype, clen in _KAM_CHUNKS:
+        mask[off : off + 6] = b"\xff" * 6
+        want[off : off + 6] = _chunk_hdr.pack(0, ctype, clen)
+        off += clen
+    return int.from_bytes(mask, "big"), int.from_bytes(want, "big")
+
+
+_KAM_MASK, _KAM_WANT = _kam_signature()
 _new_packet = tuple.__new__  # NamedTuple construction without the keyword-handling wrapper
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
@@ -163,6 +176,11 @@ def decode(data: bytes, *, sip_only: bool = True) -> HepPacket:
     reason ``not_sip``: the daemon only bills SIP, RTCP/log chunks are noise to it.
     """
     if data[:4] == _MAGIC:
+        n = len(data)
+        if n > _KAM_PAYLOAD and (data[4] << 8 | data[5]) == n:
+            fast = _decode_kamailio(data, n, sip_only)
+            if fast is not None:
+                return fast
         return _decode_v3(data, sip_only)
     if len(data) >= 1 and data[0] in (1, 2):
         return _decode_v12(data)
@@ -198,8 +216,6 @@ def _decode_v3(data: bytes, sip_only: bool) -> HepPacket:
     correlation_id: str | None = None
     node_name: str | None = None
 
-    if n > _KAM_PAYLOAD and (fast := _decode_kamailio(data, n, sip_only)) is not None:
-        return fast
     off = 6
     unpack_hdr = _chunk_hdr.unpack_from
     fixed = _FIXED_LEN
@@ -284,13 +300,13 @@ def _decode_kamailio(data: bytes, n: int, sip_only: bool) -> HepPacket | None:
     Returns None whenever anything differs (other chunks, IPv6, odd values), leaving every
     check and every error to the general chunk walk.
     """
-    vals = _KAM_PREFIX.unpack_from(data, 6)
-    if _kam_headers(vals) != _KAM_HEADERS:
+    if int.from_bytes(data[6:_KAM_END], "big") & _KAM_MASK != _KAM_WANT:
         return None
-    vendor, ctype, clen = _chunk_hdr.unpack_from(data, _KAM_PAYLOAD - 6)
-    if vendor != 0 or ctype != _PAYLOAD or clen != n - _KAM_PAYLOAD + 6:
+    if data[_KAM_END : _KAM_END + 4] != b"\x00\x00\x00\x0f" or (
+        (data[_KAM_END + 4] << 8) | data[_KAM_END + 5]
+    ) != n - _KAM_END:
         return None
-    _fam, ip_proto, s4, d4, sport, dport, sec, usec, ptype, cid = _kam_values(vals)
+    _fam, ip_proto, s4, d4, sport, dport, sec, usec, ptype, cid = _KAM_VALUES.unpack_from(data, 6)
     if usec > 999_999 or (sip_only and ptype != PROTO_SIP):
         return None
     return _new_packet(

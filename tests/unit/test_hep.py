@@ -226,3 +226,30 @@ def test_reasons_are_short_metric_labels() -> None:
               "oversized", "no_timestamp", "no_address"}  # fmt: skip
     src = Path(hep.__file__).read_text(encoding="utf-8")
     assert set(re.findall(r'HepError\(\s*"([a-z_]+)"', src)) <= labels
+
+
+KAMAILIO_LAYOUT = encode(SIP, ("127.0.0.11", 5060), ("127.0.0.1", 5060), TS, capture_id=101)
+
+
+def _outcome(fn: object, data: bytes) -> object:
+    try:
+        return fn(data)  # type: ignore[operator]
+    except HepError as exc:
+        return exc.reason
+
+
+def test_kamailio_layout_fast_path_agrees_with_the_chunk_walk() -> None:
+    assert decode(KAMAILIO_LAYOUT) == hep._decode_v3(KAMAILIO_LAYOUT, True)
+    assert decode(KAMAILIO_LAYOUT).capture_id == 101
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), min_size=1, max_size=4))
+def test_fast_path_and_chunk_walk_agree_on_mutations(flips: list[tuple[int, int]]) -> None:
+    buf = bytearray(KAMAILIO_LAYOUT)
+    for pos, val in flips:
+        buf[pos % len(buf)] = val
+    data = bytes(buf)
+    if data[:4] != b"HEP3":
+        return
+    assert _outcome(decode, data) == _outcome(lambda d: hep._decode_v3(d, True), data)
