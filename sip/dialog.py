@@ -163,6 +163,8 @@ class Tracker:
         self.stats = TrackerStats()
         self._dialogs: dict[tuple[str, str | None], _Dialog] = {}
         self._active: dict[tuple[str, str | None], _Call] = {}  # by the first leg's key
+        # Calls by correlation id *and* by Call-ID: capture agents (heplify, HOMER-style
+        # B2BUA tracing) give a B-leg the A-leg's Call-ID as its correlation id.
         self._by_corr: dict[str, _Call] = {}
         self._linger: dict[tuple[str, str | None], int] = {}  # key -> ended at; insertion order
 
@@ -241,8 +243,7 @@ class Tracker:
                 correlation_id,
             )  # fmt: skip
             self._active[key] = call
-            if correlation_id is not None:
-                self._by_corr[correlation_id] = call
+            self._index(call)
             st.calls += 1
         else:
             st.b2bua_legs += 1
@@ -256,6 +257,12 @@ class Tracker:
         if capture_id is not None and capture_id not in call.capture_ids:
             call.capture_ids.append(capture_id)
         _add_hop(call, src, dst, capture_id)
+
+    def _index(self, call: _Call) -> None:
+        by = self._by_corr
+        by.setdefault(call.call_id, call)
+        if call.correlation_id is not None:
+            by.setdefault(call.correlation_id, call)
 
     def _classify(
         self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr
@@ -371,8 +378,9 @@ class Tracker:
             disp = disposition(code, call.cancelled)
         first = call.legs[0]
         self._active.pop(first.key, None)
-        if call.correlation_id is not None and self._by_corr.get(call.correlation_id) is call:
-            del self._by_corr[call.correlation_id]
+        for k in (call.call_id, call.correlation_id):
+            if k is not None and self._by_corr.get(k) is call:
+                del self._by_corr[k]
         for leg in call.legs:
             self._drop_leg(leg, now)
         self.stats.records += 1
@@ -538,8 +546,7 @@ class Tracker:
                 if not call.legs:
                     raise StateError(f"call {call.call_id!r} has no dialog")
                 t._active[call.legs[0].key] = call
-                if call.correlation_id is not None:
-                    t._by_corr[call.correlation_id] = call
+                t._index(call)
             for call_id, from_tag, ended in doc["lingering"]:
                 key = (str(call_id), from_tag)
                 d = _Dialog(key, None, 0, ("", 0))

@@ -337,6 +337,20 @@ def test_b2bua_legs_with_one_correlation_id_are_one_call() -> None:
     assert len(w.records) == 1
 
 
+def test_b_leg_correlated_to_the_a_leg_call_id_is_joined() -> None:
+    # heplify / HOMER style: only the B-leg carries a correlation id, the A-leg's Call-ID.
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1, call_id="A")), T0, UAC, PROXY)
+    t.feed(parse(request("INVITE", 1, call_id="B", from_tag="b")), T0 + 10, PROXY, UAS, None, "A")
+    t.feed(parse(response(200, 1, call_id="B", from_tag="b")), T0 + S, UAS, PROXY, None, "A")
+    t.feed(parse(response(200, 1, call_id="A")), T0 + S + 10, PROXY, UAC)
+    assert len(t) == 1 and t.stats.b2bua_legs == 1
+    (r,) = t.feed(parse(callee_request("BYE", 5, call_id="B", caller_tag="b")), T0 + 5 * S,
+                  UAS, PROXY, None, "A")  # fmt: skip
+    assert (r.call_id, r.answer, r.end, len(r.hops)) == ("A", T0 + S, T0 + 5 * S, 2)
+    assert not t._by_corr
+
+
 def test_same_call_id_other_from_tag_is_not_joined_by_correlation() -> None:
     t = Tracker()
     t.feed(parse(request("INVITE", 1, from_tag="t1")), T0, UAC, PROXY, None, "call-1@10.0.0.1")
