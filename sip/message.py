@@ -86,8 +86,20 @@ class SipMessage(NamedTuple):
     cseq_num: int
     cseq_method: str
     content_length: int | None
-    body: bytes
-    head: bytes  # start line and headers, without the empty line
+    raw: bytes  # the whole message as captured
+    head_end: int  # raw[:head_end] is the start line and headers
+    body_start: int
+    body_end: int
+
+    @property
+    def head(self) -> bytes:
+        """Start line and header lines, without the empty line."""
+        return self.raw[: self.head_end]
+
+    @property
+    def body(self) -> bytes:
+        """The message body (cut to Content-Length when that is shorter)."""
+        return self.raw[self.body_start : self.body_end]
 
     @property
     def is_request(self) -> bool:
@@ -304,13 +316,13 @@ def parse(data: bytes) -> SipMessage:
     crlf = data.find(b"\r\n\r\n")
     lf = data.find(b"\n\n", 0, n if crlf < 0 else crlf + 2)
     if lf >= 0:
-        head, body = data[:lf], data[lf + 2 :]
+        hlen, bstart = lf, lf + 2
     elif crlf >= 0:
-        head, body = data[:crlf], data[crlf + 4 :]
+        hlen, bstart = crlf, crlf + 4
     else:
-        head, body = data, b""
-    nl = head.find(b"\n")
-    start = head if nl < 0 else head[:nl]
+        hlen = bstart = n
+    nl = data.find(b"\n", 0, hlen)
+    start = data[: hlen if nl < 0 else nl]
     if start[-1:] == b"\r":
         start = start[:-1]
 
@@ -335,9 +347,9 @@ def parse(data: bytes) -> SipMessage:
         status = 0
         phrase = ""
 
-    found = _canonical(data, len(head)) if len(head) < n else None
+    found = _canonical(data, hlen) if hlen < n else None
     if found is None:
-        found = _any_spelling(head)
+        found = _any_spelling(data[:hlen])
     call_id, from_v, to_v, cseq_v, cl_v = found
     if call_id is None:
         raise SipError("no_call_id", "missing Call-ID header")
@@ -358,15 +370,15 @@ def parse(data: bytes) -> SipMessage:
         raise SipError("bad_cseq", f"CSeq method {cseq_method} on a {method} request")
 
     content_length: int | None = None
+    bend = n
     if cl_v is not None:
         v = cl_v.strip()
         content_length = int(v) if v.isdigit() and len(v) <= _MAX_DIGITS else _digits(cl_v)
-        if content_length > len(body):
+        if content_length > n - bstart:
             raise SipError(
-                "short_body", f"Content-Length {content_length}, only {len(body)} body bytes"
+                "short_body", f"Content-Length {content_length}, only {n - bstart} body bytes"
             )
-        if content_length < len(body):
-            body = body[:content_length]
+        bend = bstart + content_length
 
     return _new_message(
         SipMessage,
@@ -383,8 +395,10 @@ def parse(data: bytes) -> SipMessage:
             cseq_num,
             cseq_method,
             content_length,
-            body,
-            head,
+            data,
+            hlen,
+            bstart,
+            bend,
         ),
     )
 
