@@ -21,7 +21,6 @@ from pathlib import Path
 from ledger.errors import KeyConflict, LedgerFull
 from ledger.model import CallEntry, Receipt, Transaction
 from ledger.store import Ledger
-from rating.lock import check_plan_edit
 from sip.call import Addr
 from sip.dialog import Tracker
 from vmgated import state, systemd
@@ -36,7 +35,8 @@ from vmgated.metrics import (
     MetricsServer,
     MetricsSettings,
 )
-from vmgated.pipeline import Billable, Pipeline, Runtime
+from vmgated.pipeline import Billable, Pipeline, Runtime, attribute_active
+from vmgated.planlock import lock_problems
 from vmgated.procnet import UdpDropCounter
 
 log = logging.getLogger("vmgated")
@@ -161,7 +161,7 @@ class App:
         attributor = self.pipeline.runtime.attributor
         out: dict[tuple[str, str], int] = {}
         for call in self.pipeline.tracker.active():
-            who = attributor.attribute(call)
+            who = attribute_active(attributor, call)
             key = (who.trunk or "unknown", who.client or "unknown")
             out[key] = out.get(key, 0) + 1
         return out
@@ -284,10 +284,7 @@ class App:
                 log.error("%s", msg)
                 raise RuntimeError(msg) from exc
             used = await self.ledger.used_rate_rows()
-            problems: list[str] = []
-            for name, old_plan in self.config.plans.items():
-                for v in check_plan_edit(old_plan, new.plans.get(name), used):
-                    problems.append(v.message)
+            problems = lock_problems(self.config.plans, new.plans, used, plan_files(new))
             if problems:
                 msg = "reload refused (plan lock), keeping the running config:\n" + "\n".join(
                     problems
@@ -338,6 +335,12 @@ class _Balances:
 
     def accounts(self, currency: str) -> list[tuple[str, str, int]]:
         return list(self.app.ledger.balances.accounts(currency))
+
+
+def plan_files(config: Config) -> dict[str, str]:
+    """Plan name → where it is declared (its deck file, else the config file)."""
+    return {p.name: str(p.deck) if p.deck is not None else str(config.path)
+            for p in config.rate_plans}
 
 
 def _split_sender(text: str) -> Addr:

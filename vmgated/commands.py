@@ -22,8 +22,8 @@ from ledger import transactions
 from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
-from vmgated.control import ControlServer
-from vmgated.pipeline import Billable, Pipeline
+from vmgated.control import ControlError, ControlServer
+from vmgated.pipeline import Billable, Pipeline, attribute_active
 
 if TYPE_CHECKING:
     from vmgated.app import App
@@ -32,8 +32,11 @@ ONLINE_WINDOW_US = 300 * 1_000_000  # a client that carried a call in the last 5
 Handler = Callable[[dict[str, Any], Callable[[int, int], None]], Awaitable[object]]
 
 
-class CommandError(Exception):
-    """A refusal the clerk should read (bad amount, unknown customer...)."""
+class CommandError(ControlError):
+    """A refusal the clerk should read (bad amount, unknown customer...).
+
+    A ControlError, so the server answers it as a plain error (no traceback in the log).
+    """
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Commands:
         attributor = app.pipeline.runtime.attributor
         out = []
         for call in app.pipeline.tracker.active():
-            who = attributor.attribute(call)
+            who = attribute_active(attributor, call)
             out.append({
                 "call_id": call.call_id, "trunk": who.trunk, "customer": who.customer,
                 "client": who.client, "network": who.network, "reseller": who.reseller,
@@ -183,7 +186,7 @@ class Commands:
     def _online(self) -> set[str]:
         app = self.app
         attributor = app.pipeline.runtime.attributor
-        online = {attributor.attribute(c).client for c in app.pipeline.tracker.active()}
+        online = {attribute_active(attributor, c).client for c in app.pipeline.tracker.active()}
         horizon = time.time_ns() // 1000 - ONLINE_WINDOW_US
         online.update(c for c, seen in app.client_last_seen.items() if seen >= horizon)
         online.discard(None)

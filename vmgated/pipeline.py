@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import cast
 
 from ledger.model import CallEntry, Transaction
 from ledger.transactions import call_tx
@@ -20,7 +21,7 @@ from rating.model import Leg, RatedCall
 from rating.rater import Rater
 from sip import hep, message
 from sip.call import Addr, CallRecord
-from sip.dialog import Tracker
+from sip.dialog import ActiveCall, Tracker
 from vmgated.attribution import Attribution, Attributor
 from vmgated.cdr import CdrError, parse_line
 from vmgated.config import Config
@@ -188,6 +189,12 @@ class Pipeline:
         entry = self.entry(item)
         # created = the call's end (capture time), so a replay writes the same transaction.
         return call_tx(entry, self.runtime.config.tenant.currency, entry.end)
+
+
+def attribute_active(attributor: Attributor, call: ActiveCall) -> Attribution:
+    """Attribution of a call in progress (by its hops and capture ids so far)."""
+    # ActiveCall carries the `hops` and `capture_ids` that attribution reads of a CallRecord.
+    return attributor.attribute(cast(CallRecord, call))
 
 
 _DERIVED_FLAGS = ("negative_margin", "unrated")

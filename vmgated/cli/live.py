@@ -13,7 +13,9 @@ import base64
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import yaml
 
 from ledger import reports
 from ledger.model import CallEntry
@@ -24,7 +26,6 @@ from sip.capture import CaptureError, read_capture
 from vmgated.cli.main import CommandError, Commands
 from vmgated.cli.offline import leg_json, load, time_arg
 from vmgated.cli.output import print_json, render_table
-from vmgated.config import Config
 from vmgated.control import ControlError, DaemonNotRunning, call
 
 CHUNK = 2000  # datagrams or CDR lines per control request
@@ -86,20 +87,72 @@ def register(commands: Commands) -> None:
 
 
 # -- plumbing ---------------------------------------------------------------------------------
-def _ctl(config: Config, cmd: str, args: dict[str, Any] | None = None,
+def _ctl(where: Where, cmd: str, args: dict[str, Any] | None = None,
          on_progress: Callable[[int, int], None] | None = None) -> Any:
     try:
-        return call(config.listen.control, cmd, args or {}, on_progress=on_progress,
-                    timeout=120)
+        return call(where.control, cmd, args or {}, on_progress=on_progress, timeout=120)
     except DaemonNotRunning as exc:
         raise CommandError(f"{exc}; start it with `systemctl start vmgated` or "
-                           f"`vmgated --config {config.path}`") from exc
+                           f"`vmgated --config {where.path}`") from exc
     except ControlError as exc:
         raise CommandError(str(exc)) from exc
 
 
-def _ledger_path(config: Config, state_dir: Path | None = None) -> Path:
-    path = (state_dir or config.state_dir) / "ledger.db"
+class Where(NamedTuple):
+    """What the live commands need from the config: where the daemon and the ledger are."""
+
+    path: Path
+    control: Path
+    state_dir: Path
+    currency: str
+
+
+def locate(args: argparse.Namespace) -> Where:
+    """The control socket, state dir and currency of the config named by --config.
+
+    The operator edits the config or a deck and then runs `vmgatectl reload`, `status`,
+    `calls`...; if the edit broke the file, the running daemon and the ledger are still there
+    (the daemon keeps its running config and refuses the reload with file:line: field). So
+    when validation fails, the few keys needed here are read leniently and the problems are
+    only mentioned; `vmgatectl check` lists them.
+    """
+    try:
+        config = load(args)
+    except CommandError as refusal:
+        where = _raw_where(Path(args.config))
+        if where is None:
+            raise
+        first = refusal.message.splitlines()[0]
+        print(f"vmgatectl: warning: {first.rstrip(':')}; run `vmgatectl check` "
+              "(the daemon keeps its running config)", file=sys.stderr)
+        return where
+    return Where(config.path, Path(config.listen.control), config.state_dir,
+                 config.tenant.currency)
+
+
+def _raw_where(config_path: Path) -> Where | None:
+    try:
+        data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("state_dir", "."), str):
+        return None
+    base = config_path.parent
+    state_dir = base / data.get("state_dir", ".")
+    listen = data.get("listen")
+    control = listen.get("control") if isinstance(listen, dict) else None
+    tenant = data.get("tenant")
+    currency = tenant.get("currency") if isinstance(tenant, dict) else None
+    return Where(
+        config_path,
+        base / control if isinstance(control, str) and control else state_dir / "control.sock",
+        state_dir,
+        currency if isinstance(currency, str) and currency else "USD",
+    )
+
+
+def _ledger_path(where: Where, state_dir: Path | None = None) -> Path:
+    path = (state_dir or where.state_dir) / "ledger.db"
     if not path.exists():
         raise CommandError(f"no ledger at {path} (has vmgated run with this state_dir?)")
     return path
@@ -138,7 +191,7 @@ def _emit(args: argparse.Namespace, data: Any, headers: list[str],
 # -- status / reload ----------------------------------------------------------------------------
 def run_status(args: argparse.Namespace) -> int:
     """Print the daemon's status."""
-    status = _ctl(load(args), "status")
+    status = _ctl(locate(args), "status")
     if args.json:
         print_json(status)
         return 0
@@ -153,7 +206,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_reload(args: argparse.Namespace) -> int:
     """Ask the daemon to reload; a refusal prints file:line: field: why."""
-    result = _ctl(load(args), "reload")
+    result = _ctl(locate(args), "reload")
     print_json({"result": result}) if args.json else print(result)
     return 0
 
@@ -185,7 +238,7 @@ def _leg_amount(entry: CallEntry, party: Party) -> str:
 
 def run_calls(args: argparse.Namespace) -> int:
     """Call history from the ledger, or calls in progress from the daemon."""
-    config = load(args)
+    config = locate(args)
     if args.active:
         active = _ctl(config, "calls_active")
         rows = [[c["start"], c["answer"], c["trunk"], c["client"], c["reseller"], c["caller"],
@@ -210,10 +263,10 @@ def run_calls(args: argparse.Namespace) -> int:
 # -- money -------------------------------------------------------------------------------------
 def run_balances(args: argparse.Namespace) -> int:
     """The four summary figures and every account (from the ledger file)."""
-    config = load(args)
-    currency = config.tenant.currency
+    config = locate(args)
+    currency = config.currency
     summary, accounts = reports.balances(_ledger_path(config), currency)
-    data = {
+    data: dict[str, Any] = {
         "currency": currency,
         "my_balance": format_micros(summary.my_balance),
         "customer_total": format_micros(summary.customer_total),
@@ -247,27 +300,29 @@ def _receipt(args: argparse.Namespace, what: str, result: dict[str, Any]) -> int
 
 def run_pay(args: argparse.Namespace) -> int:
     """Customer payment IN; returns once it is durable in the ledger."""
-    result = _ctl(load(args), "pay",
+    result = _ctl(locate(args), "pay",
                   {"customer": args.customer, "amount": args.amount, "ref": args.ref})
     return _receipt(args, f"payment from {args.customer}", result)
 
 
 def run_payout(args: argparse.Namespace) -> int:
     """VMGateClient / reseller payout OUT; returns once durable."""
-    result = _ctl(load(args), "payout", {"kind": args.kind, "id": args.id,
+    result = _ctl(locate(args), "payout", {"kind": args.kind, "id": args.id,
                                          "amount": args.amount, "ref": args.ref})
     return _receipt(args, f"payout to {args.kind} {args.id}", result)
 
 
 def run_payments(args: argparse.Namespace) -> int:
     """Recent payments: date, direction, target type, target, amount, reference."""
-    config = load(args)
+    config = locate(args)
     items = reports.payments(_ledger_path(config), limit=args.limit)
     data = [{"date": format_time(p.date), "direction": p.direction,
              "target_type": p.target_type, "target": p.target,
              "amount": format_micros(p.amount), "reference": p.reference} for p in items]
-    rows = [[d["date"], d["direction"], d["target_type"], d["target"], d["amount"],
-             d["reference"]] for d in data]
+    rows: list[list[object]] = [
+        [d["date"], d["direction"], d["target_type"], d["target"], d["amount"], d["reference"]]
+        for d in data
+    ]
     return _emit(args, data, ["date", "direction", "target_type", "target", "amount",
                               "reference"], rows)
 
@@ -275,7 +330,7 @@ def run_payments(args: argparse.Namespace) -> int:
 # -- rosters -----------------------------------------------------------------------------------
 def run_resellers(args: argparse.Namespace) -> int:
     """Name, company, email, client count, online count, balance, billing type, status."""
-    data = _ctl(load(args), "resellers")
+    data = _ctl(locate(args), "resellers")
     rows = [[r["id"], r["name"], r["company"], r["email"], r["clients"], r["online"],
              r["balance"], r["billing_type"], r["status"]] for r in data]
     return _emit(args, data, ["id", "name", "company", "email", "clients", "online", "balance",
@@ -284,7 +339,7 @@ def run_resellers(args: argparse.Namespace) -> int:
 
 def run_clients(args: argparse.Namespace) -> int:
     """VMGateClients: network, reseller (or direct), plan, online, balance."""
-    data = _ctl(load(args), "clients")
+    data = _ctl(locate(args), "clients")
     rows = [[c["id"], c["name"], c["network"], c["reseller"], c["join_code"], c["rate_plan"],
              c["online"], c["balance"]] for c in data]
     return _emit(args, data, ["id", "name", "network", "reseller", "join_code", "rate_plan",
@@ -296,7 +351,7 @@ def run_rerate(args: argparse.Namespace) -> int:
     """Rate unrated calls again (reversal + new transaction for each that now rates)."""
     bar = Progress("rerate")
     try:
-        result = _ctl(load(args), "rerate", on_progress=bar)
+        result = _ctl(locate(args), "rerate", on_progress=bar)
     finally:
         bar.close()
     if args.json:
@@ -309,7 +364,7 @@ def run_rerate(args: argparse.Namespace) -> int:
 
 def run_cdr_import(args: argparse.Namespace) -> int:
     """Send a CDR file to the daemon in chunks; per-line errors are reported, not fatal."""
-    config = load(args)
+    config = locate(args)
     try:
         lines = args.file.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
@@ -348,7 +403,7 @@ def _capture_items(data: bytes) -> Iterator[dict[str, Any]]:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay a capture through the daemon's pipeline (its own tracker, same ledger)."""
-    config = load(args)
+    config = locate(args)
     try:
         data = args.file.read_bytes()
         items = list(_capture_items(data))
@@ -381,7 +436,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Recompute the chain, zero-sums and balances; exit 1 on the first bad seq."""
-    config = load(args) if args.state_dir is None else None
+    config = locate(args) if args.state_dir is None else None
     path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
     report = verify(path)
     if args.json:
@@ -396,7 +451,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_head(args: argparse.Namespace) -> int:
     """The chain head, to write down outside the machine."""
-    config = load(args) if args.state_dir is None else None
+    config = locate(args) if args.state_dir is None else None
     path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
     seq, digest = reports.head(path)
     print_json({"seq": seq, "hash": digest}) if args.json else print(f"{seq} {digest}")

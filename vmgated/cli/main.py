@@ -141,4 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vmgated.cli.main` runs this file as `__main__`; dispatch through the
+    # imported module so CommandError is the one class the command modules raise.
+    from vmgated.cli import main as _module
+
+    sys.exit(_module.main())

@@ -1,0 +1,129 @@
+"""Issue 5 part 2: SIGHUP / `vmgatectl reload` swap config and decks atomically, or not at all."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sipcalls import BASE, S, Call, Env, make_env, wait_for
+
+from rating.units import format_time
+
+HEADER = ("code,description,valid_since,valid_until,rate_per_min,connection_fee,"
+          "connection_sec,billing_block_sec\n")
+SINCE = "2026-01-01T00:00:00Z"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = make_env(tmp_path)
+    yield e
+    e.daemon.stop()
+
+
+def retail(rows: list[str]) -> str:
+    return HEADER + "".join(r + "\n" for r in rows)
+
+
+BASE_ROWS = [f",Rest of world,{SINCE},,0.9000,,60,60", f"1,USA/Canada,{SINCE},,0.0058,,60,60",
+             f"1202,USA Washington DC,{SINCE},,0.0055,,60,60"]
+
+
+def customer_leg(env: Env, call_id: str) -> dict[str, str]:
+    found = [c for c in env.calls("--limit", "1000") if c["call_id"] == call_id]
+    assert len(found) == 1, found
+    leg: dict[str, str] = found[0]["legs"]["customer"]
+    return leg
+
+
+def last_reload(env: Env) -> str:
+    return str(env.ctl_json("status")["last_reload"])
+
+
+def call_at(call_id: str, offset_s: int) -> Call:
+    t = BASE + offset_s * S
+    return Call(call_id, start=t, answer=t + 2 * S, end=t + 62 * S)
+
+
+def test_sighup_with_a_changed_deck_prices_new_calls_at_the_new_rate(env: Env) -> None:
+    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+        f"1202,USA Washington DC,{SINCE},,0.0120,,60,60"]))
+    assert env.daemon.proc is not None
+    env.daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: last_reload(env) != "never")
+    env.send(call_at("after-hup", 0))
+    env.wait_calls(1)
+    leg = customer_leg(env, "after-hup")
+    assert (leg["rate_per_min"], leg["amount"]) == ("0.012000", "0.012000")
+    assert "reloaded" in env.daemon.logs()
+
+
+def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:
+    env.send(call_at("before", 0))
+    env.wait_calls(1)
+    later = format_time(BASE + 100 * S)
+    env.deck("retail-a.csv").write_text(retail(BASE_ROWS + [
+        f"1202,USA Washington DC (new),{later},,0.0110,,60,60"]))
+    out = env.ctl("reload")
+    assert out.stdout.strip() == "reloaded"
+    env.send(call_at("after", 200), call_at("late-start-old-row", 50))
+    env.wait_calls(3)
+    assert customer_leg(env, "before")["amount"] == "0.005500"
+    assert customer_leg(env, "after")["amount"] == "0.011000"
+    assert customer_leg(env, "after")["description"] == "USA Washington DC (new)"
+    # A call that started before the new row's valid_since keeps the row valid at its start.
+    assert customer_leg(env, "late-start-old-row")["amount"] == "0.005500"
+
+
+def test_plan_lock_refuses_editing_a_row_with_history(env: Env) -> None:
+    env.send(call_at("history", 0))
+    env.wait_calls(1)
+    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+        f"1202,USA Washington DC,{SINCE},,0.0999,,60,60"]))
+    out = env.ctl("reload", check=False)
+    assert out.returncode == 1
+    assert "plan lock" in out.stderr, out.stderr
+    located = "retail-a.csv:4: rate_per_min: plan 'retail-a': code '1202'"
+    assert located in out.stderr, out.stderr
+    assert "rate_per_min 0.0055 -> 0.0999" in out.stderr
+    assert located in env.daemon.logs()
+    env.send(call_at("still-old", 100))
+    env.wait_calls(2)
+    assert customer_leg(env, "still-old")["amount"] == "0.005500"
+
+
+def test_bad_deck_keeps_running_config_and_names_file_line_field(env: Env) -> None:
+    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+        f"1202,USA Washington DC,{SINCE},,-0.0100,,60,60"]))
+    for how in ("ctl", "sighup"):
+        if how == "ctl":
+            out = env.ctl("reload", check=False)
+            assert out.returncode == 1
+            assert "Traceback" not in out.stderr
+            assert "retail-a.csv:4: rate_per_min" in out.stderr, out.stderr
+        else:
+            assert env.daemon.proc is not None
+            env.daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: env.daemon.logs().count("retail-a.csv:4: rate_per_min") >= 2)
+    assert "retail-a.csv:4: rate_per_min" in env.daemon.logs()
+    assert last_reload(env) == "never"
+    env.send(call_at("old-rates", 0))
+    env.wait_calls(1)
+    assert customer_leg(env, "old-rates")["amount"] == "0.005500"
+
+
+def test_bad_config_keeps_running_config_and_names_line_and_field(env: Env) -> None:
+    text = env.config.read_text()
+    env.config.write_text(text.replace("calls: {max_duration: 3h}",
+                                       "calls: {max_duration: 3h, max_durration: 2h}"))
+    out = env.ctl("reload", check=False)
+    assert out.returncode == 1
+    line = next(i for i, s in enumerate(env.config.read_text().splitlines(), 1)
+                if "max_durration" in s)
+    assert f"vmgated.yaml:{line}: calls.max_durration" in out.stderr, out.stderr
+    assert f"vmgated.yaml:{line}: calls.max_durration" in env.daemon.logs()
+    env.config.write_text(text)
+    env.send(call_at("fine", 0))
+    env.wait_calls(1)
