@@ -208,7 +208,7 @@ class Tracker:
         if step is None:
             return []
         d.state, effect = step
-        if effect is Effect.NONE:
+        if effect == Effect.NONE:
             return []
         return self._apply(effect, msg, d, call, ts_us, src, dst, capture_id)
 
@@ -266,7 +266,7 @@ class Tracker:
 
     def _classify(
         self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr
-    ) -> Event:
+    ) -> int:
         method = msg.method
         if method is not None:
             if method == _INVITE:
@@ -306,15 +306,15 @@ class Tracker:
         return Event.OTHER
 
     def _apply(
-        self, effect: Effect, msg: SipMessage, d: _Dialog, call: _Call, ts: int, src: Addr,
+        self, effect: int, msg: SipMessage, d: _Dialog, call: _Call, ts: int, src: Addr,
         dst: Addr, capture_id: int | None,
     ) -> list[CallRecord]:  # fmt: skip
-        if effect is Effect.HOP:
+        if effect == Effect.HOP:
             if ts < call.start:
                 call.start = ts
             if not _add_hop(call, src, dst, capture_id):
                 self.stats.duplicates += 1
-        elif effect is Effect.ANSWER:
+        elif effect == Effect.ANSWER:
             if d.to_tag is None:
                 d.to_tag = msg.to_tag
             elif msg.to_tag != d.to_tag:
@@ -328,14 +328,14 @@ class Tracker:
             if msg.session_expires is not None:
                 call.session_expires = msg.session_expires
             call.code = msg.status
-        elif effect is Effect.RETRY:
+        elif effect == Effect.RETRY:
             d.invite_cseq = msg.cseq_num
             _add_hop(call, src, dst, capture_id)
-        elif effect is Effect.NOTE_REJECT:
+        elif effect == Effect.NOTE_REJECT:
             if d.reject_code != msg.status or ts < d.reject_ts:
                 d.reject_code = msg.status
                 d.reject_ts = ts
-        elif effect is Effect.REJECT:
+        elif effect == Effect.REJECT:
             if d is not call.legs[0]:
                 # A B2BUA's outgoing leg failed; it may try another route. The call fails only
                 # when its first leg is rejected.
@@ -346,13 +346,13 @@ class Tracker:
             if d.reject_code == msg.status and d.reject_ts and d.reject_ts < ts:
                 end = d.reject_ts  # first copy of the same rejection, captured downstream
             return [self._finish(call, end, ts, ())]
-        elif effect is Effect.NOTE_CANCEL:
+        elif effect == Effect.NOTE_CANCEL:
             call.cancelled = True
-        elif effect is Effect.END:
+        elif effect == Effect.END:
             return [self._finish(call, ts, ts, ())]
-        elif effect is Effect.END_GONE:
+        elif effect == Effect.END_GONE:
             return [self._finish(call, ts, ts, (f"ended_by_{msg.status}",))]
-        elif effect is Effect.REFRESH:
+        elif effect == Effect.REFRESH:
             # Copies of one refreshing 2xx keep its first capture time; a newer one moves on.
             if msg.cseq_num != call.refresh_cseq:
                 call.refresh_cseq = msg.cseq_num

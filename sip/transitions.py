@@ -19,6 +19,7 @@ States of one dialog (Call-ID + From-tag):
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 
 class State(IntEnum):
@@ -31,41 +32,45 @@ class State(IntEnum):
     ENDED = 4
 
 
-class Event(IntEnum):
+# Event and Effect are plain int constants rather than enums: the tracker reads them for every
+# packet, and an enum member lookup costs ~80 ns on CPython 3.11 against ~20 ns for these.
+
+
+class Event:
     """What a message means for a dialog it belongs to."""
 
-    INVITE_COPY = 0  # the initial INVITE again: a proxy copy or a retransmission
-    INVITE_RETRY = 1  # initial INVITE with a higher CSeq (after 401/407): same call
-    PROVISIONAL = 2  # 1xx to the initial INVITE
-    ANSWER = 3  # 2xx to the initial INVITE
-    AUTH = 4  # 401/407 to the initial INVITE
-    REJECT_HOP = 5  # 3xx–6xx to the initial INVITE on a hop that does not lead to the caller
-    REJECT = 6  # 3xx–6xx to the initial INVITE delivered to the caller
-    CANCEL = 7
-    BYE = 8  # a BYE of the confirmed dialog (tags match), either direction
-    REFRESH = 9  # 2xx to an in-dialog INVITE/UPDATE: a session-timer refresh
-    DIALOG_GONE = 10  # 481/408 to an in-dialog request: the peer says the dialog is dead
-    OTHER = 11  # anything else: ACK, INFO, failed re-INVITE, 200 to CANCEL/BYE, ...
+    INVITE_COPY: Final = 0  # the initial INVITE again: a proxy copy or a retransmission
+    INVITE_RETRY: Final = 1  # initial INVITE with a higher CSeq (after 401/407): same call
+    PROVISIONAL: Final = 2  # 1xx to the initial INVITE
+    ANSWER: Final = 3  # 2xx to the initial INVITE
+    AUTH: Final = 4  # 401/407 to the initial INVITE
+    REJECT_HOP: Final = 5  # 3xx–6xx to the initial INVITE on a hop not leading to the caller
+    REJECT: Final = 6  # 3xx–6xx to the initial INVITE delivered to the caller
+    CANCEL: Final = 7
+    BYE: Final = 8  # a BYE of the confirmed dialog (tags match), either direction
+    REFRESH: Final = 9  # 2xx to an in-dialog INVITE/UPDATE: a session-timer refresh
+    DIALOG_GONE: Final = 10  # 481/408 to an in-dialog request: the peer says the dialog is dead
+    OTHER: Final = 11  # anything else: ACK, INFO, failed re-INVITE, 200 to CANCEL/BYE, ...
 
 
-class Effect(IntEnum):
+class Effect:
     """What the tracker does on a transition."""
 
-    NONE = 0
-    HOP = 1  # remember a new (src, dst) of the initial INVITE; keep the earliest start
-    RETRY = 2  # the call continues under the new INVITE CSeq
-    ANSWER = 3  # set the answer time (first 2xx); later copies only lower it
-    NOTE_REJECT = 4  # remember code and time of a rejection not yet final
-    REJECT = 5  # emit the unanswered call with the final code
-    NOTE_CANCEL = 6
-    END = 7  # emit the answered call, ended by BYE
-    END_GONE = 8  # emit the answered call, ended by 481/408 to an in-dialog request
-    REFRESH = 9  # session refreshed: restart the RFC 4028 expiry clock
+    NONE: Final = 0
+    HOP: Final = 1  # remember a new (src, dst) of the initial INVITE; keep the earliest start
+    RETRY: Final = 2  # the call continues under the new INVITE CSeq
+    ANSWER: Final = 3  # set the answer time (first 2xx); later copies only lower it
+    NOTE_REJECT: Final = 4  # remember code and time of a rejection not yet final
+    REJECT: Final = 5  # emit the unanswered call with the final code
+    NOTE_CANCEL: Final = 6
+    END: Final = 7  # emit the answered call, ended by BYE
+    END_GONE: Final = 8  # emit the answered call, ended by 481/408 to an in-dialog request
+    REFRESH: Final = 9  # session refreshed: restart the RFC 4028 expiry clock
 
 
 S, E, X = State, Event, Effect
 
-TRANSITIONS: dict[tuple[State, Event], tuple[State, Effect]] = {
+TRANSITIONS: dict[tuple[State, int], tuple[State, int]] = {
     # A call being set up.
     (S.TRYING, E.INVITE_COPY): (S.TRYING, X.HOP),
     (S.TRYING, E.INVITE_RETRY): (S.TRYING, X.RETRY),
