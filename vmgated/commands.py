@@ -257,7 +257,7 @@ class Commands:
             try:
                 cdr = parse_line(line)
             except CdrError as exc:
-                errors.append(f"line {n}: {exc}")
+                errors.append(f"{n}: {exc}")  # the CLI prefixes the file: `FILE:LINE: ...`
                 continue
             txs.append(app.pipeline.transaction(Billable(cdr.uid, cdr.record, cdr.trunk,
                                                          cdr.client)))

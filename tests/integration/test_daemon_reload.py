@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sipcalls import BASE, S, Call, Env, make_env, wait_for
+from sipcalls import BASE, Call, Env, S, make_env, wait_for
 
 from rating.units import format_time
 
@@ -48,7 +48,7 @@ def call_at(call_id: str, offset_s: int) -> Call:
 
 
 def test_sighup_with_a_changed_deck_prices_new_calls_at_the_new_rate(env: Env) -> None:
-    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS[:2],
         f"1202,USA Washington DC,{SINCE},,0.0120,,60,60"]))
     assert env.daemon.proc is not None
     env.daemon.proc.send_signal(signal.SIGHUP)
@@ -64,7 +64,7 @@ def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:
     env.send(call_at("before", 0))
     env.wait_calls(1)
     later = format_time(BASE + 100 * S)
-    env.deck("retail-a.csv").write_text(retail(BASE_ROWS + [
+    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS,
         f"1202,USA Washington DC (new),{later},,0.0110,,60,60"]))
     out = env.ctl("reload")
     assert out.stdout.strip() == "reloaded"
@@ -80,7 +80,7 @@ def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:
 def test_plan_lock_refuses_editing_a_row_with_history(env: Env) -> None:
     env.send(call_at("history", 0))
     env.wait_calls(1)
-    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS[:2],
         f"1202,USA Washington DC,{SINCE},,0.0999,,60,60"]))
     out = env.ctl("reload", check=False)
     assert out.returncode == 1
@@ -95,7 +95,7 @@ def test_plan_lock_refuses_editing_a_row_with_history(env: Env) -> None:
 
 
 def test_bad_deck_keeps_running_config_and_names_file_line_field(env: Env) -> None:
-    env.deck("retail-a.csv").write_text(retail(BASE_ROWS[:2] + [
+    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS[:2],
         f"1202,USA Washington DC,{SINCE},,-0.0100,,60,60"]))
     for how in ("ctl", "sighup"):
         if how == "ctl":
