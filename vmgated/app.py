@@ -233,6 +233,11 @@ class App:
             self.client_last_seen[entry.client] = max(
                 entry.end, self.client_last_seen.get(entry.client, 0))
 
+    def record_rerate(self, old: CallEntry, new: CallEntry) -> None:
+        """Count a committed rerate: a call that now rates at a loss is a negative-margin call."""
+        if new.margin < 0 and not (old.margin < 0 and "unrated" not in old.flags):
+            self.counters.negative_margin += 1
+
     def _refused(self, tx: Transaction, exc: BaseException) -> None:
         self.pending.pop(tx.key, None)
         self.counters.count_packets("ledger",
@@ -263,7 +268,8 @@ class App:
         """Expire overdue dialogs, retry the backlog, persist dialog state."""
         self.pipeline.expire()
         self.drain_backlog()
-        self.checkpoint()
+        if self.journal.checkpoint_due():  # spaced by its cost (vmgated.journal)
+            self.checkpoint()
 
     def checkpoint(self) -> None:
         """Write the dialog snapshot (tracker + uncommitted calls) and rotate the journal."""

@@ -236,8 +236,11 @@ class Commands:
                 still += 1
             else:
                 reversal, fresh = transactions.rerate(old, new, cur, time.time_ns() // 1000)
-                await app.ledger.submit(reversal)
-                await app.ledger.submit(fresh)
+                # One SQLite transaction for the pair: a reversal never lands without its new
+                # rating, whatever happens to the process in between.
+                receipts = await app.ledger.submit_linked((reversal, fresh))
+                if not receipts[1].existed:
+                    app.record_rerate(old, new)
                 rerated += 1
             progress(i, len(calls))
         return {"examined": len(calls), "rerated": rerated, "still_unrated": still}
