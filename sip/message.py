@@ -3,11 +3,12 @@
 RFC 3261 §7 framing: a start line, header lines, an empty line, a body. Accepted variations seen
 in real traffic: CRLF or bare LF, folded header lines (§7.3.1), case-insensitive and compact
 header names (i f t v l x …), repeated and comma-joined Via, a missing empty line (a header-only
-message). Headers billing does not need are never split or decoded. The four every message
-needs (Call-ID, From, To, CSeq, plus Content-Length) are found with `bytes.find` on their
-canonical spelling, which is what real UAs and proxies send; any other spelling, a missing
-header or a folded line falls back to one regex scan that knows every form. Optional headers
-(Via, Session-Expires, Min-SE, Reason, Record-Route) and URI users are read only when asked for.
+message). Headers billing does not need are never split or decoded. The five every message
+needs (Call-ID, From, To, CSeq, Content-Length) are found with `bytes.find` on their canonical
+spelling, which is what real UAs and proxies send; any other spelling, a missing header or a
+folded line falls back to one regex scan that knows every form (a malformed message that
+spells one header two ways may then be read either way). Optional headers (Via,
+Session-Expires, Min-SE, Reason, Record-Route) and URI users are read only when asked for.
 
 `parse` raises `SipError` — with a short `reason` usable as a metric label — and nothing else,
 whatever bytes it is given.
