@@ -13,12 +13,14 @@ dialogs and the result equals the live run's.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ledger import transactions
+from ledger.errors import KeyConflict
 from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
@@ -28,6 +30,7 @@ from vmgated.pipeline import Billable, Pipeline, attribute_active
 if TYPE_CHECKING:
     from vmgated.app import App
 
+log = logging.getLogger("vmgated.commands")
 ONLINE_WINDOW_US = 300 * 1_000_000  # a client that carried a call in the last 5 min is online
 Handler = Callable[[dict[str, Any], Callable[[int, int], None]], Awaitable[object]]
 
@@ -150,7 +153,15 @@ class Commands:
         return ref
 
     async def _commit(self, tx: Transaction) -> object:
-        receipt = await self.app.ledger.submit(tx)
+        try:
+            receipt = await self.app.ledger.submit(tx)
+        except KeyConflict as exc:
+            # The reference is the idempotency key: reusing it for another payment is the
+            # clerk's mistake to correct, not a daemon failure.
+            raise CommandError(
+                f"reference {tx.key!r} is already recorded with different content ({exc}); "
+                "use a new --ref for a new payment"
+            ) from exc
         return {"key": receipt.key, "seq": receipt.seq, "hash": receipt.hash,
                 "existed": receipt.existed}
 
@@ -253,7 +264,8 @@ class Commands:
 
         app = self.app
         lines: list[str] = list(args.get("lines", []))
-        errors, txs = [], []
+        errors: list[str] = []
+        txs: list[tuple[int, Transaction]] = []
         for n, line in enumerate(lines, int(args.get("first_line", 1))):
             if not line.strip():
                 continue
@@ -262,17 +274,24 @@ class Commands:
             except CdrError as exc:
                 errors.append(f"{n}: {exc}")  # the CLI prefixes the file: `FILE:LINE: ...`
                 continue
-            txs.append(app.pipeline.transaction(Billable(cdr.uid, cdr.record, cdr.trunk,
-                                                         cdr.client)))
+            txs.append((n, app.pipeline.transaction(Billable(cdr.uid, cdr.record, cdr.trunk,
+                                                             cdr.client))))
         billed = existed = 0
-        for tx in txs:
-            receipt = await app.ledger.submit(tx)
+        for n, tx in txs:
+            try:
+                receipt = await app.ledger.submit(tx)
+            except KeyConflict:
+                errors.append(f"{n}: call_id: {tx.call.call_id if tx.call else tx.key!r} is "
+                              "already billed with different content (times or parties); "
+                              "not billed again")
+                continue
             if receipt.existed:
                 existed += 1
             else:
                 billed += 1
                 if tx.call is not None:
                     app.record_call(tx.call)
+        errors.sort(key=lambda e: int(e.split(":", 1)[0]))
         return {"billed": billed, "already_billed": existed, "errors": errors}
 
     async def replay_begin(
@@ -321,7 +340,12 @@ class Commands:
         billed = existed = 0
         txs, session.submitted = session.submitted, []
         for tx in txs:
-            receipt = await self.app.ledger.submit(tx)
+            try:
+                receipt = await self.app.ledger.submit(tx)
+            except KeyConflict as exc:
+                self.app.counters.count_packets("ledger", "conflict")
+                log.warning("replay: %s", exc)
+                continue
             if receipt.existed:
                 existed += 1
             else:

@@ -72,16 +72,19 @@ def test_cdr_import_bills_good_lines_reports_bad_ones_and_reimport_bills_nothing
         json.dumps(cdr("live-then-file", 100)),
         json.dumps(cdr("imp-4", 40, sip_code=486, answer=None)),
         json.dumps(cdr("imp-5", 0, colour="blue")),
+        json.dumps(cdr("imp-1", 0, talk_s=59)),  # same call, other times: refused, not billed
     ]
     path = tmp_path / "cdrs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     out = env.ctl("cdr", "import", str(path), check=False)
     assert out.returncode == 1  # some lines were refused
-    assert "billed 3, already billed 1, errors 3" in out.stdout
+    assert "billed 3, already billed 1, errors 4" in out.stdout
     errors = out.stderr.strip().splitlines()
     assert errors[0].startswith(f"{path}:2: not a JSON object"), errors
     assert errors[1] == f"{path}:5: call_id: required"
     assert errors[2].startswith(f"{path}:8: unknown fields ['colour']")
+    assert errors[3] == (f"{path}:9: call_id: 'imp-1' is already billed with different "
+                         "content (times or parties); not billed again")
     assert "Traceback" not in out.stderr
     calls = {c["call_id"]: c for c in env.calls()}
     assert set(calls) == {"live-then-file", "imp-1", "imp-2", "imp-4"}
@@ -90,5 +93,5 @@ def test_cdr_import_bills_good_lines_reports_bad_ones_and_reimport_bills_nothing
     assert (calls["imp-4"]["disposition"], calls["imp-4"]["sip_code"]) == ("busy", 486)
     assert calls["imp-4"]["legs"]["customer"]["amount"] == "0.000000"
     again = json.loads(env.ctl("cdr", "import", str(path), "--json", check=False).stdout)
-    assert (again["billed"], again["already_billed"], len(again["errors"])) == (0, 4, 3)
+    assert (again["billed"], again["already_billed"], len(again["errors"])) == (0, 4, 4)
     assert len(env.calls()) == 4
