@@ -117,6 +117,9 @@ class App:
 
         self.control = await start_control(self, cfg.listen.control)
         self._tasks.append(asyncio.create_task(self._ticker()))
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
 
     def _listener(
         self, spec: ListenSpec, on_batch: Callable[[list[tuple[bytes, Addr]]], None], name: str
@@ -256,13 +259,18 @@ class App:
 
     # -- periodic --------------------------------------------------------------------------
     async def _ticker(self) -> None:
-        interval = systemd.watchdog_interval()
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK_S)
             self.tick()
-            if interval is not None:
-                systemd.watchdog_ping()
+
+    async def _watchdog(self, interval: float) -> None:
+        # Its own task at half the timeout (sd_watchdog_enabled(3)): a WatchdogSec shorter
+        # than two ticks must not kill a healthy daemon; a blocked loop still stops the pings.
+        while not self.stopping.is_set():
+            systemd.watchdog_ping()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval / 2)
 
     def tick(self) -> None:
         """Expire overdue dialogs, retry the backlog, persist dialog state."""
