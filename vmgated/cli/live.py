@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +22,7 @@ import yaml
 from ledger import reports
 from ledger.model import CallEntry
 from ledger.verify import verify
+from rating.deck import DeckError, parse_deck
 from rating.model import Party
 from rating.units import format_micros, format_time
 from sip.capture import CaptureError, read_capture
@@ -27,6 +30,7 @@ from vmgated.cli.main import CommandError, Commands
 from vmgated.cli.offline import leg_json, load, time_arg
 from vmgated.cli.output import print_json, render_table
 from vmgated.control import ControlError, DaemonNotRunning, call
+from vmgated.planlock import lock_problems
 
 CHUNK = 2000  # datagrams or CDR lines per control request
 
@@ -77,6 +81,12 @@ def register(commands: Commands) -> None:
     p = cdr.add_parser("import", help="bill a file of JSON CDR lines (one per line)")
     p.add_argument("file", type=Path)
     p.set_defaults(func=run_cdr_import)
+    rates = commands.group("rates", help="rate plans and their destinations")
+    p = rates.add_parser("import", help="replace a plan's deck with a CSV (validated, "
+                                        "plan lock checked) and reload the daemon")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--plan", required=True, metavar="P", help="the plan whose deck to replace")
+    p.set_defaults(func=run_rates_import)
     led = commands.group("ledger", help="ledger integrity")
     p = led.add_parser("verify", help="recompute the hash chain, zero-sums and balances")
     p.add_argument("--state-dir", type=Path, help="default: state_dir of the config")
@@ -455,4 +465,77 @@ def run_head(args: argparse.Namespace) -> int:
     path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
     seq, digest = reports.head(path)
     print_json({"seq": seq, "hash": digest}) if args.json else print(f"{seq} {digest}")
+    return 0
+
+
+# -- rates import --------------------------------------------------------------------------------
+def _used_rates(ledger: Path) -> frozenset[tuple[str, str, int]]:
+    """Deck rows that priced a call in history, read from the ledger file (read-only)."""
+    if not ledger.exists():
+        return frozenset()
+    with reports.snapshot(ledger) as conn:
+        rows = conn.execute("SELECT plan, prefix, valid_since FROM used_rates").fetchall()
+    return frozenset((str(p), str(c), int(v)) for p, c, v in rows)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def run_rates_import(args: argparse.Namespace) -> int:
+    """Validate a deck CSV for plan P, check the plan lock, replace the deck, reload."""
+    config = load(args)
+    declared = next((p for p in config.rate_plans if p.name == args.plan), None)
+    if declared is None:
+        raise CommandError(f"--plan {args.plan!r} is not a rate plan of {config.path}; known: "
+                           f"{', '.join(p.name for p in config.rate_plans) or '(none)'}")
+    if declared.deck is None:
+        raise CommandError(f"plan {args.plan!r} has inline destinations in {config.path}; "
+                           "give it a `deck:` file to import into")
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{args.file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{args.file}: not UTF-8 text ({exc.reason})") from exc
+    try:
+        destinations = parse_deck(text, str(args.file))
+    except DeckError as exc:
+        raise CommandError(f"{args.file} was not imported:\n{exc}") from exc
+    old = config.plans[args.plan]
+    new = replace(old, destinations=destinations)
+    used = _used_rates(config.state_dir / "ledger.db")
+    problems = lock_problems({old.name: old}, {new.name: new}, used,
+                             {old.name: str(args.file)})
+    if problems:
+        raise CommandError(f"{args.file} was not imported (plan lock: these rows priced calls):"
+                           "\n" + "\n".join(problems))
+    _replace_file(declared.deck, text)
+    try:
+        reload = str(_ctl(locate(args), "reload"))
+    except CommandError as exc:
+        if "not running" not in exc.message:
+            raise CommandError(f"{declared.deck} replaced ({len(destinations)} rows), but the "
+                               f"daemon refused the reload:\n{exc.message}") from exc
+        reload = "daemon not running; used at its next start"
+    result = {"plan": args.plan, "deck": str(declared.deck), "rows": len(destinations),
+              "reload": reload}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"plan {args.plan}: {len(destinations)} rows written to {declared.deck}; {reload}")
     return 0

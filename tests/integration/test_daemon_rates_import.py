@@ -1,0 +1,67 @@
+"""SPEC §8 `vmgatectl rates import FILE --plan P`: validated, plan-locked, atomic, reloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sipcalls import BASE, Call, S, make_env
+
+from rating.units import format_time
+
+HEADER = ("code,description,valid_since,valid_until,rate_per_min,connection_fee,"
+          "connection_sec,billing_block_sec\n")
+SINCE = "2026-01-01T00:00:00Z"
+ROWS = (f",Rest of world,{SINCE},,0.9000,,60,60\n1,USA/Canada,{SINCE},,0.0058,,60,60\n"
+        f"1202,USA Washington DC,{SINCE},,0.0055,,60,60\n")
+
+
+def test_rates_import(tmp_path: Path) -> None:
+    env = make_env(tmp_path)
+    deck = env.deck("retail-a.csv")
+    try:
+        original = deck.read_text()
+        env.send(Call("history"))
+        env.wait_calls(1)
+
+        bad = tmp_path / "bad.csv"
+        bad.write_text(HEADER + ROWS + f"1203,USA X,{SINCE},,-1,,60,60\n")
+        out = env.ctl("rates", "import", str(bad), "--plan", "retail-a", check=False)
+        assert out.returncode == 1 and f"{bad}:5: rate_per_min" in out.stderr, out.stderr
+
+        locked = tmp_path / "locked.csv"
+        locked.write_text(HEADER + ROWS.replace("0.0055", "0.0050"))
+        out = env.ctl("rates", "import", str(locked), "--plan", "retail-a", check=False)
+        assert out.returncode == 1, out.stdout
+        assert f"{locked}:4: rate_per_min: plan 'retail-a': code '1202'" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert deck.read_text() == original
+
+        out = env.ctl("rates", "import", str(bad), "--plan", "nope", check=False)
+        assert out.returncode == 1 and "retail-a" in out.stderr
+
+        later = format_time(BASE + 100 * S)
+        good = tmp_path / "good.csv"
+        good.write_text(HEADER + ROWS + f"1202,USA Washington DC (2),{later},,0.0200,,60,60\n")
+        result = json.loads(env.ctl("rates", "import", str(good), "--plan", "retail-a",
+                                    "--json").stdout)
+        assert result == {"plan": "retail-a", "deck": str(deck), "rows": 4,
+                          "reload": "reloaded"}
+        assert deck.read_text() == good.read_text()
+        assert [p.name for p in deck.parent.iterdir() if p.name.startswith(".")] == []
+        t = BASE + 200 * S
+        env.send(Call("after-import", start=t, answer=t + S, end=t + 61 * S))
+        env.wait_calls(2)
+        after = next(c for c in env.calls() if c["call_id"] == "after-import")
+        assert after["legs"]["customer"]["amount"] == "0.020000"
+
+        env.daemon.stop()
+        cheaper = tmp_path / "cheaper.csv"
+        cheaper.write_text(good.read_text() + f"1203,USA X,{SINCE},,0.0040,,60,60\n")
+        out = env.ctl("rates", "import", str(cheaper), "--plan", "retail-a")
+        assert "5 rows" in out.stdout and "daemon not running" in out.stdout
+        assert deck.read_text() == cheaper.read_text()
+        env.restart()
+        assert env.ctl_json("status")["active_calls"] == 0
+    finally:
+        env.daemon.stop()
