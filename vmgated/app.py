@@ -124,11 +124,12 @@ class App:
     def _listener(
         self, spec: ListenSpec, on_batch: Callable[[list[tuple[bytes, Addr]]], None], name: str
     ) -> UdpListener | InterfaceListeners:
-        allowed = self.config.security.allowed_sources
-
         def make(host: str) -> UdpListener:
+            # Read at call time: a socket opened after a reload (interface address change)
+            # gets the running allow-list, not the one of the first config.
             return UdpListener(host, spec.port, on_batch, input_name=name,
-                               counters=self.counters, allowed=allowed)
+                               counters=self.counters,
+                               allowed=self.config.security.allowed_sources)
 
         if spec.interface is not None:
             return InterfaceListeners(spec.interface, make)
@@ -308,6 +309,10 @@ class App:
             runtime = await loop.run_in_executor(None, Runtime.build, new)
             self.config = new
             self.pipeline.runtime = runtime
+            allowed = new.security.allowed_sources
+            for sock in self._sockets():
+                sock.allowed = None if allowed is None else tuple(allowed)
+                sock._decisions.clear()  # cached verdicts of the old allow-list
             self.collector.settings = self.metrics_settings(new)
             self.last_reload = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             log.info("reloaded %s", self.config_path)

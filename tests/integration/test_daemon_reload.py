@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sipcalls import BASE, Call, Env, S, make_env, wait_for
+from sipcalls import BASE, Call, Env, S, harness, make_env, wait_for
 
 from rating.units import format_time
+from vmgated.metrics import DROP_SOURCE
 
 HEADER = ("code,description,valid_since,valid_until,rate_per_min,connection_fee,"
           "connection_sec,billing_block_sec\n")
@@ -127,3 +128,20 @@ def test_bad_config_keeps_running_config_and_names_line_and_field(env: Env) -> N
     env.config.write_text(text)
     env.send(call_at("fine", 0))
     env.wait_calls(1)
+
+
+def test_reload_applies_a_changed_source_allow_list_to_open_sockets(env: Env) -> None:
+    env.send(call_at("allowed", 0))
+    env.wait_calls(1)
+    text = env.config.read_text()
+    env.config.write_text(text.replace("allowed_sources: [127.0.0.0/8]",
+                                       "allowed_sources: [10.0.0.0/8]"))
+    assert env.ctl("reload").stdout.strip() == "reloaded"
+    env.send(call_at("refused", 100))
+    wait_for(lambda: harness.metric_value(env.scrape(), "vmgated_packets_total", input="hep",
+                                          result=DROP_SOURCE) == "12")
+    assert len(env.calls()) == 1
+    env.config.write_text(text)
+    assert env.ctl("reload").stdout.strip() == "reloaded"
+    env.send(call_at("allowed-again", 200))
+    env.wait_calls(2)
