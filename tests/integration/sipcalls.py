@@ -239,7 +239,7 @@ class Env:
 
 
 def make_env(directory: Path, *, cdr: bool = False, start: bool = True, extra: str = "",
-             env: dict[str, str] | None = None) -> Env:
+             env: dict[str, str] | None = None, auth_key: str | None = None) -> Env:
     """Write a config with private deck copies and free ports; start the daemon."""
     (directory / "decks").mkdir(parents=True, exist_ok=True)
     for name in DECK_NAMES:
@@ -248,7 +248,7 @@ def make_env(directory: Path, *, cdr: bool = False, start: bool = True, extra: s
     metrics_port = harness.free_port(socket.SOCK_STREAM)
     cdr_port = harness.free_port() if cdr else None
     config = harness.write_config(directory, hep_port=hep_port, metrics_port=metrics_port,
-                                  cdr_port=cdr_port, extra=extra)
+                                  cdr_port=cdr_port, extra=extra, auth_key=auth_key)
     config.write_text(config.read_text().replace(str(harness.DECKS), "decks"))
     daemon = harness.Vmgated(config)
     if env:

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sipcalls import BASE, Call, S, harness, make_env, send, setup_messages, to_hep, wait_for
+from sipcalls import (
+    BASE,
+    Call,
+    S,
+    harness,
+    make_env,
+    send,
+    setup_messages,
+    teardown_messages,
+    to_hep,
+    wait_for,
+)
 
 
 def test_money_series_equal_balances_and_active_calls_are_shown(tmp_path: Path) -> None:
@@ -42,5 +53,24 @@ def test_money_series_equal_balances_and_active_calls_are_shown(tmp_path: Path) 
         env.wait_calls(6)
         wait_for(lambda: value(env.scrape(), "vmgated_active_calls", trunk="acme-1",
                                client="gw-01") in (None, "0"))
+    finally:
+        env.daemon.stop()
+
+
+def test_hep_auth_key_drops_unauthenticated_datagrams_and_counts_them(tmp_path: Path) -> None:
+    env = make_env(tmp_path, auth_key="s3cret")
+    try:
+        good = Call("auth-ok")
+        bad = Call("auth-bad", start=BASE + 10 * S)
+        none = Call("auth-none", start=BASE + 20 * S)
+        msgs = setup_messages(good) + teardown_messages(good)
+        send(env.hep_port, to_hep(msgs, auth_key=b"s3cret"))
+        send(env.hep_port, to_hep(setup_messages(bad) + teardown_messages(bad),
+                                  auth_key=b"wrong"))
+        send(env.hep_port, to_hep(setup_messages(none) + teardown_messages(none)))
+        env.wait_calls(1)
+        wait_for(lambda: harness.metric_value(env.scrape(), "vmgated_packets_total",
+                                              input="hep", result="auth") == "24")
+        assert [c["call_id"] for c in env.calls()] == ["auth-ok"]
     finally:
         env.daemon.stop()
