@@ -133,3 +133,14 @@ def test_same_hep_resent_after_restart_bills_nothing_twice(env: Env) -> None:
     assert len(env.calls()) == 3
     assert env.ctl_json("balances") == before
     assert env.ctl("ledger", "verify").returncode == 0
+
+
+def test_call_whose_bye_never_comes_is_closed_at_max_duration_and_flagged(env: Env) -> None:
+    start = BASE - 4 * 3600 * S  # older than calls.max_duration (3h) by the wall clock
+    c = Call("no-bye", start=start, answer=start + 5 * S, end=None)
+    send_setup(env, c)
+    (closed,) = env.wait_calls(1)
+    assert closed["flags"] == ["max_duration"]
+    assert closed["billsec"] == 3 * 3600 and closed["end"] == format_time(start + 5 * S +
+                                                                         3 * 3600 * S)
+    assert active(env) == 0
