@@ -309,6 +309,7 @@ class App:
             runtime = await loop.run_in_executor(None, Runtime.build, new)
             self.config = new
             self.pipeline.runtime = runtime
+            self.pipeline.tracker.max_duration_us = new.calls.max_duration_us
             allowed = new.security.allowed_sources
             for sock in self._sockets():
                 sock.allowed = None if allowed is None else tuple(allowed)

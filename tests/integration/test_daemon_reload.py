@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sipcalls import BASE, Call, Env, S, harness, make_env, wait_for
+from sipcalls import BASE, Call, Env, S, harness, make_env, send, setup_messages, to_hep, wait_for
 
 from rating.units import format_time
 from vmgated.metrics import DROP_SOURCE
@@ -145,3 +145,15 @@ def test_reload_applies_a_changed_source_allow_list_to_open_sockets(env: Env) ->
     assert env.ctl("reload").stdout.strip() == "reloaded"
     env.send(call_at("allowed-again", 200))
     env.wait_calls(2)
+
+
+def test_reload_applies_a_shorter_max_duration_to_calls_in_progress(env: Env) -> None:
+    start = BASE - 1800 * S  # 40 min ago: within 3h, beyond 20 min
+    c = Call("long", start=start, answer=start + 2 * S, end=None)
+    send(env.hep_port, to_hep(setup_messages(c)))
+    wait_for(lambda: env.ctl_json("status")["active_calls"] == 1)
+    text = env.config.read_text()
+    env.config.write_text(text.replace("calls: {max_duration: 3h}", "calls: {max_duration: 20m}"))
+    assert env.ctl("reload").stdout.strip() == "reloaded"
+    (closed,) = env.wait_calls(1)
+    assert (closed["flags"], closed["billsec"]) == (["max_duration"], 1200)
