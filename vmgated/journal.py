@@ -7,6 +7,13 @@ the page cache, power loss may lose the tail) and the journal is rotated at each
 Recovery loads the snapshot and replays its journal generation through the same pipeline;
 replay is safe because billing is idempotent by call key in the ledger.
 
+A snapshot serialises every active dialog on the event loop, so its cost grows with the number
+of calls in progress (~12,500 at 5,000 calls/s of 2.5 s calls: hundreds of ms). Taking one
+every second then ate over half the loop under load (bench/e2e.py, 2026-11-22), and while it
+runs the socket buffer fills. `checkpoint_due` therefore spaces snapshots so that they take at
+most `SNAPSHOT_SHARE` of wall time (and at most one per `SNAPSHOT_MIN_S`); the journal keeps
+every datagram in between, so a crash still loses nothing, only restart replay gets longer.
+
 Files in `<state_dir>/dialogs/`: `snapshot` (`VMGS`, u32 generation, payload) and
 `journal.<generation>` (records: u8 kind, u16 sender length, sender, u32 length, payload).
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,9 @@ CDR = 2
 _SNAP_MAGIC = b"VMGS"
 _HEAD = struct.Struct("!BH")
 _LEN = struct.Struct("!I")
+SNAPSHOT_MIN_S = 1.0  # at most one snapshot per tick
+SNAPSHOT_SHARE = 0.05  # of wall time spent building and writing snapshots, at most
+_SENDER_CACHE = 4096  # distinct senders whose framed prefix is remembered; cleared when full
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +54,29 @@ class Recovered:
     entries: tuple[Entry, ...]
 
 
+_prefixes: dict[tuple[int, tuple[str, int]], bytes] = {}
+
+
+def _prefix(kind: int, addr: tuple[str, int]) -> bytes:
+    if len(_prefixes) >= _SENDER_CACHE:
+        _prefixes.clear()  # bounded under a spoofed-source flood
+    sender = f"{addr[0]}:{addr[1]}".encode()
+    head = _prefixes[(kind, addr)] = _HEAD.pack(kind, len(sender)) + sender
+    return head
+
+
 def encode_entries(kind: int, batch: Sequence[tuple[bytes, tuple[str, int]]]) -> bytes:
     """Frame a batch of (payload, (ip, port)) datagrams as journal records."""
+    # A proxy sends from a handful of ports: the framed sender is built once per (kind, addr).
+    prefixes = _prefixes
+    pack_len = _LEN.pack
     parts: list[bytes] = []
-    for payload, (ip, port) in batch:
-        sender = f"{ip}:{port}".encode()
-        parts.append(_HEAD.pack(kind, len(sender)))
-        parts.append(sender)
-        parts.append(_LEN.pack(len(payload)))
-        parts.append(payload)
+    append = parts.append
+    for payload, addr in batch:
+        head = prefixes.get((kind, addr))
+        append(_prefix(kind, addr) if head is None else head)
+        append(pack_len(len(payload)))
+        append(payload)
     return b"".join(parts)
 
 
@@ -82,6 +107,8 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._gen = 0
         self._fd = -1
+        self._next_due = 0.0
+        self._started: float | None = None
 
     def _journal_path(self, gen: int) -> Path:
         return self.dir / f"journal.{gen}"
@@ -105,8 +132,22 @@ class Journal:
 
     def append(self, kind: int, batch: Sequence[tuple[bytes, tuple[str, int]]]) -> None:
         """Journal a received batch with one write (before it is processed)."""
+        # One joined write beat os.writev of the parts (0.52 vs 0.63 µs/datagram, batches of
+        # 64 × 600 bytes): building the iovec costs more than the copy it saves.
         if batch:
             os.write(self._fd, encode_entries(kind, batch))
+
+    def checkpoint_due(self) -> bool:
+        """True when the periodic snapshot should be taken now (see SNAPSHOT_SHARE).
+
+        The time from this call returning True to the end of `checkpoint` (building the
+        snapshot included) is the cost the next spacing is derived from.
+        """
+        now = time.monotonic()
+        if now < self._next_due:
+            return False
+        self._started = now
+        return True
 
     def checkpoint(self, snapshot: bytes) -> None:
         """Atomically replace the snapshot and start a new journal generation.
@@ -135,6 +176,11 @@ class Journal:
         if old_fd >= 0:
             os.close(old_fd)
         self._journal_path(old_gen).unlink(missing_ok=True)
+        if self._started is not None:
+            end = time.monotonic()
+            cost = end - self._started
+            self._next_due = self._started + max(SNAPSHOT_MIN_S, cost / SNAPSHOT_SHARE)
+            self._started = None
 
     def close(self) -> None:
         """Close the journal file (the caller checkpoints first on a clean stop)."""
