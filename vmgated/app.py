@@ -331,15 +331,21 @@ class App:
             task.cancel()
         await self.metrics.stop()
         await self.control.stop()
-        # Whatever is still uncommitted after the deadline stays in the snapshot's pending list
-        # and is billed at the next start, so a slow disk delays billing but never loses it.
+        # Hand the backlog to the ledger's queue; closing the ledger then commits the queue at
+        # once (not after the group-commit window). Whatever is still uncommitted stays in the
+        # snapshot's pending list and is billed at the next start, so a slow or failing disk
+        # delays billing but never loses it.
         deadline = time.monotonic() + 30
-        while (self.backlog or self.pending) and time.monotonic() < deadline:
+        while self.backlog and time.monotonic() < deadline:
             self.drain_backlog()
-            await asyncio.sleep(0.01)
-        self.checkpoint()
-        self.journal.close()
-        await self.ledger.close()
+            if self.backlog:
+                await asyncio.sleep(0.01)
+        try:
+            await self.ledger.close()
+        finally:
+            await asyncio.sleep(0)  # run the commit callbacks that clear `pending`
+            self.checkpoint()
+            self.journal.close()
 
 
 class _Balances:

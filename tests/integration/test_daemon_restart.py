@@ -144,3 +144,18 @@ def test_call_whose_bye_never_comes_is_closed_at_max_duration_and_flagged(env: E
     assert closed["billsec"] == 3 * 3600 and closed["end"] == format_time(start + 5 * S +
                                                                          3 * 3600 * S)
     assert active(env) == 0
+
+
+def test_sigterm_commits_a_finished_call_at_once_even_inside_a_long_commit_window(
+    tmp_path: Path,
+) -> None:
+    e = make_env(tmp_path, extra="ledger: {batch_ms: 10000}")
+    try:
+        e.send(Call("drain-1"))
+        wait_for(lambda: e.ctl_json("status")["pending_commits"] == 1)
+        began = time.monotonic()
+        assert e.daemon.stop() == 0
+        assert time.monotonic() - began < 5  # the drain flushes; it does not wait out 10 s
+        assert [c["call_id"] for c in e.calls()] == ["drain-1"]  # read with the daemon down
+    finally:
+        e.daemon.stop()
