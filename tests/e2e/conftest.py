@@ -9,11 +9,12 @@ logs stay under the test's tmp_path and are printed when the test fails.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon import Vmgated, launch
 from stack import (
     HarnessError,
     HepRecorder,
@@ -67,3 +68,27 @@ def sip_stack(sip_stack_factory: SipStackFactory) -> SipStack:
     """Trunk 127.0.0.11 → Kamailio 127.0.0.1 → sipp's built-in UAS on 127.0.0.21, HEP to the
     stack's own recorder (`sip_stack.recorder`)."""
     return sip_stack_factory()
+
+
+VmgatedFactory = Callable[..., Vmgated]
+
+
+@pytest.fixture
+def vmgated_factory(tmp_path: Path) -> Iterator[VmgatedFactory]:
+    """Start live vmgated daemons: `factory(name="vmgated", **write_config kwargs)`.
+
+    Each gets its own directory and free ports; all are stopped (SIGTERM, then SIGKILL) at
+    teardown, and a daemon's log is printed when the test failed.
+    """
+    daemons: list[Vmgated] = []
+
+    def factory(name: str = "vmgated", **config: Any) -> Vmgated:
+        daemon = launch(tmp_path / name, **config)
+        daemons.append(daemon)
+        return daemon
+
+    try:
+        yield factory
+    finally:
+        for daemon in daemons:
+            daemon.close()

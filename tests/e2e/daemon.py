@@ -11,10 +11,12 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +43,29 @@ def write_config(
     auth_key: str | None = None,
     allowed: tuple[str, ...] = ("127.0.0.0/8",),
     extra: str = "",
+    hep6_port: int | None = None,
 ) -> Path:
-    """A small tenant: one customer trunk at trunk_host, one reseller client at client_host."""
+    """A small tenant: one customer trunk at trunk_host, one reseller client at client_host.
+
+    `hep6_port` adds a second HEP listener on ::1 (IPv6 loopback).
+    """
     cdr = f"[{{address: 127.0.0.1, port: {cdr_port}}}]" if cdr_port else "[]"
     key = "null" if auth_key is None else json.dumps(auth_key)
+    hep = f"{{address: 127.0.0.1, port: {hep_port}}}"
+    if hep6_port is not None:
+        hep += f', {{address: "::1", port: {hep6_port}}}'
+    sources = ", ".join(json.dumps(a) for a in allowed)  # quoted: "::1/128" starts with ':'
     text = f"""
 tenant: {{name: E2E Telecom, currency: USD}}
 state_dir: ./var
 listen:
-  hep: [{{address: 127.0.0.1, port: {hep_port}}}]
+  hep: [{hep}]
   cdr: {cdr}
   metrics: {{address: 127.0.0.1, port: {metrics_port}}}
   control: ./var/control.sock
 security:
   hep_auth_key: {key}
-  allowed_sources: [{", ".join(allowed)}]
+  allowed_sources: [{sources}]
 calls: {{max_duration: 3h}}
 subscription:
   plan: Business
@@ -90,8 +100,10 @@ rate_plans:
 class Vmgated:
     """A vmgated child process bound to one config file."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *, hep_port: int = 0, metrics_port: int = 0) -> None:
         self.config = config
+        self.hep_port = hep_port  # as written in the config (0: unknown to the harness)
+        self.metrics_port = metrics_port
         self.dir = config.parent
         self.log = self.dir / "vmgated.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -138,6 +150,71 @@ class Vmgated:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             return str(resp.read().decode())
 
+    @property
+    def hep_address(self) -> tuple[str, int]:
+        """Where the daemon listens for HEP (IPv4)."""
+        return ("127.0.0.1", self.hep_port)
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def ledger_path(self) -> Path:
+        """The ledger file in the state dir (`state_dir: ./var` in write_config)."""
+        return self.dir / "var" / "ledger.db"
+
+    def metrics(self) -> str:
+        """Scrape this daemon's own /metrics."""
+        return self.scrape(self.metrics_port)
+
+    def ledger_query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the real ledger file (SQLite opened with mode=ro)."""
+        if not self.ledger_path.exists():
+            return []
+        con = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return list(con.execute(sql, params))
+        finally:
+            con.close()
+
+    def wait_calls(self, count: int, timeout: float = 30.0) -> int:
+        """Wait until the ledger holds at least `count` call rows; returns the count seen."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            seen = int(self.ledger_query("SELECT count(*) FROM calls")[0][0]) \
+                if self.ledger_path.exists() else 0
+            if seen >= count:
+                return seen
+            if not self.alive:
+                raise AssertionError(f"vmgated died:\n{self.logs()}")
+            time.sleep(0.2)
+        return seen
+
+    def calls(self) -> dict[str, dict[str, Any]]:
+        """`vmgatectl calls --json` keyed by Call-ID; fails if a Call-ID is listed twice."""
+        listing = self.ctl_json("calls", "--limit", "100000")
+        out: dict[str, dict[str, Any]] = {}
+        for call in listing:
+            assert call["call_id"] not in out, f"call {call['call_id']} listed twice: {listing}"
+            out[call["call_id"]] = call
+        return out
+
+    def close(self) -> None:
+        """Teardown: SIGTERM and wait; SIGKILL whatever is still running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
     def kill9(self) -> None:
         """SIGKILL: no drain, no flush, no snapshot."""
         assert self.proc is not None
@@ -173,3 +250,63 @@ def metric_value(text: str, name: str, **labels: str) -> str | None:
         if all(got.get(k) == v for k, v in labels.items()):
             return value
     return None
+
+
+def launch(directory: Path, attempts: int = 3, **config: Any) -> Vmgated:
+    """Write a config with fresh free ports into `directory` and start vmgated on it.
+
+    `config` goes to `write_config` (hep_port and metrics_port are picked here). A start that
+    fails (a port taken between the pick and the bind) is retried with new ports.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        hep_port = free_port()
+        metrics_port = free_port(socket.SOCK_STREAM)
+        path = write_config(directory, hep_port=hep_port, metrics_port=metrics_port, **config)
+        daemon = Vmgated(path, hep_port=hep_port, metrics_port=metrics_port)
+        try:
+            return daemon.start()
+        except RuntimeError:
+            daemon.close()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def parse_rfc3339_us(text: str) -> int:
+    """RFC 3339 UTC ('…Z', optional fraction) as EpochUs, with integer arithmetic only."""
+    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert stamp.tzinfo is not None and stamp.utcoffset() == timedelta(0), text
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    delta = stamp - epoch
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def format_rfc3339_us(us: int) -> str:
+    """EpochUs as RFC 3339 UTC with microseconds (for `vmgatectl rate --at`)."""
+    sec, usec = divmod(us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{usec:06d}Z"
+
+
+def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], str]:
+    """Every sample of `name`: sorted label pairs → value text."""
+    out: dict[tuple[tuple[str, str], ...], str] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        pairs = [part.split("=", 1) for part in rest.rstrip("}").split(",") if "=" in part]
+        out[tuple(sorted((k, v.strip('"')) for k, v in pairs))] = value
+    return out
+
+
+def packet_counts(text: str) -> dict[tuple[str, str], int]:
+    """vmgated_packets_total as (input, result) → count."""
+    out: dict[tuple[str, str], int] = {}
+    for labels, value in metric_samples(text, "vmgated_packets_total").items():
+        d = dict(labels)
+        out[(d["input"], d["result"])] = int(value)
+    return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -876,6 +877,10 @@ class HepRecorder:
             packet = HepPacket(data, Endpoint(*source), time.time_ns() // 1000)
             with self._lock:
                 self._packets.append(packet)
+            self._received(packet)
+
+    def _received(self, packet: HepPacket) -> None:
+        """Hook run in the receive thread after a datagram is recorded (HepTee forwards)."""
 
     @property
     def packets(self) -> list[HepPacket]:
@@ -1026,3 +1031,106 @@ def hep3_summary(datagram: bytes) -> str:
     sport = int.from_bytes(fields.get(0x07, b""), "big")
     dport = int.from_bytes(fields.get(0x08, b""), "big")
     return f"{src}:{sport} → {dst}:{dport} {sip_label(datagram)}"
+
+
+class HepTee(HepRecorder):
+    """A HepRecorder that also forwards every datagram, unchanged, to `forward_to` (vmgated).
+
+    Kamailio traces to the tee; the test keeps its own copy of every HEP datagram the daemon
+    was sent, so expected call times come from the capture and not from the daemon's parser.
+    Datagrams are recorded before they are forwarded; while the receiver is down (a kill -9
+    test) they are still recorded and the forward simply goes nowhere, as it would from
+    Kamailio.
+    """
+
+    def __init__(self, forward_to: tuple[str, int], host: str = PROXY_HOST, port: int = 0) -> None:
+        super().__init__(host, port)
+        self.forward_to = Endpoint(*forward_to)
+        self.forward_errors = 0
+
+    def _received(self, packet: HepPacket) -> None:
+        try:
+            self._sock.sendto(packet.data, self.forward_to)
+        except OSError:  # ICMP port unreachable reported on a later send: receiver restarting
+            self.forward_errors += 1
+
+
+# -- call times from a capture, independently of vmgated's own SIP code -----------------------
+
+_CALL_ID_RE = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
+_CSEQ_RE = re.compile(rb"^CSeq[ \t]*:[ \t]*(\d+)[ \t]+([A-Za-z]+)", re.IGNORECASE | re.MULTILINE)
+
+
+class HepSip(NamedTuple):
+    """The few fields of one HEPv3 datagram the e2e checks need."""
+
+    ts_us: int  # capture time: timestamp chunks 0x0009 (s) and 0x000a (µs)
+    call_id: str
+    label: str  # method ("INVITE") or status code ("200")
+    cseq_method: str
+
+
+def hep3_sip(datagram: bytes) -> HepSip:
+    """Timestamp, Call-ID, label and CSeq method of one HEPv3 datagram carrying SIP."""
+    sec = usec = None
+    payload = b""
+    for vendor, ctype, value in hep3_chunks(datagram):
+        if vendor != 0:
+            continue
+        if ctype == 0x0009:
+            sec = int.from_bytes(value, "big")
+        elif ctype == 0x000A:
+            usec = int.from_bytes(value, "big")
+        elif ctype == 0x000F:
+            payload = value
+    if sec is None or usec is None:
+        raise ValueError("HEP3 datagram without its timestamp chunks")
+    call_id = _CALL_ID_RE.search(payload)
+    cseq = _CSEQ_RE.search(payload)
+    if call_id is None or cseq is None:
+        raise ValueError(f"SIP without Call-ID or CSeq: {payload[:80]!r}")
+    return HepSip(sec * 1_000_000 + usec, call_id.group(1).decode(), sip_label(datagram),
+                  cseq.group(2).decode().upper())
+
+
+class CallTimes(NamedTuple):
+    """One call as the capture shows it (SPEC §4): EpochUs times and the final code."""
+
+    call_id: str
+    start: int  # first INVITE
+    final: int | None  # first final response to the INVITE
+    final_at: int | None
+    answer: int | None  # first 2xx to the INVITE
+    end: int | None  # first BYE
+
+    @property
+    def billsec(self) -> int:
+        """ceil(end − answer) in whole seconds, integer arithmetic; 0 when unanswered."""
+        if self.answer is None or self.end is None:
+            return 0
+        return -(-(self.end - self.answer) // 1_000_000)
+
+
+def call_times(datagrams: Iterable[bytes]) -> dict[str, CallTimes]:
+    """Call-ID → CallTimes from HEPv3 datagrams in any order (earliest capture time wins)."""
+    by_call: dict[str, list[HepSip]] = {}
+    for datagram in datagrams:
+        msg = hep3_sip(datagram)
+        by_call.setdefault(msg.call_id, []).append(msg)
+    out: dict[str, CallTimes] = {}
+    for call_id, msgs in by_call.items():
+        msgs.sort(key=lambda m: m.ts_us)
+        invites = [m.ts_us for m in msgs if m.label == "INVITE"]
+        finals = [m for m in msgs if m.cseq_method == "INVITE" and m.label.isdigit()
+                  and int(m.label) >= 200]
+        answers = [m.ts_us for m in finals if m.label.startswith("2")]
+        byes = [m.ts_us for m in msgs if m.label == "BYE"]
+        out[call_id] = CallTimes(
+            call_id,
+            invites[0],
+            int(finals[0].label) if finals else None,
+            finals[0].ts_us if finals else None,
+            answers[0] if answers else None,
+            byes[0] if byes else None,
+        )
+    return out

@@ -1,0 +1,255 @@
+"""Real SIP traffic billed end to end (SPEC §3.1, §4, §5, §6, §8, §9).
+
+sipp (trunk 127.0.0.11) → Kamailio (127.0.0.1, siptrace HEPv3) → sipp UAS (gateway
+127.0.0.21); Kamailio's HEP goes to a tee that keeps a copy of every datagram and forwards it
+to a live vmgated. What the daemon bills is checked against the tee's copy (capture times
+parsed by the harness, not by vmgated), against `vmgatectl rate`, against the deck by hand,
+and the ledger against `/metrics` and `vmgatectl balances`.
+
+One traffic run serves the whole module: answered calls of two lengths, busy, cancelled and
+unanswered calls, all placed at the same time through four gateways sharing one daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from daemon import (
+    Vmgated,
+    format_rfc3339_us,
+    launch,
+    metric_samples,
+    metric_value,
+    parse_rfc3339_us,
+)
+from stack import SCENARIO_PAIRS, CallTimes, HepTee, SipStack, SippResult, call_times
+
+pytestmark = pytest.mark.e2e
+
+NUMBER = "442071234567"  # longest prefix 44207 "United Kingdom London Inner" in all three decks
+CAPTURE_ID = 2001  # gw-01's capture id in daemon.write_config
+ANSWERED = (("short", 1500, 5), ("long", 2500, 5))  # (name, sipp -d ms, calls)
+FAILED = (("busy", 2), ("cancel", 2), ("noanswer", 1))  # scenario pair, calls
+EXPECTED_FAILED = {"busy": (486, "busy"), "cancel": (487, "cancelled"),
+                   "noanswer": (480, "no_answer")}  # fmt: skip
+ZERO = "0.000000"
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What one run placed and what the capture says about it."""
+
+    daemon: Vmgated
+    results: dict[str, SippResult]  # group name → sipp's own count
+    groups: dict[str, list[str]]  # group name → Call-IDs (by the UAC's pid)
+    times: dict[str, CallTimes]  # Call-ID → times from the tee's capture
+
+    @property
+    def answered_ids(self) -> list[str]:
+        return [cid for name, _, _ in ANSWERED for cid in self.groups[name]]
+
+
+@pytest.fixture(scope="module")
+def traffic(sip_tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    base = tmp_path_factory.mktemp("billing")
+    with contextlib.ExitStack() as stack:
+        daemon = launch(base / "vmgated", capture_id=CAPTURE_ID)
+        stack.callback(daemon.close)
+        tee = stack.enter_context(HepTee(daemon.hep_address))
+
+        def gateway(pair: str) -> SipStack:
+            return stack.enter_context(SipStack(base / pair, uas_scenario=SCENARIO_PAIRS[pair].uas,
+                                                hep_to=tee.address, capture_id=CAPTURE_ID))
+
+        answered = gateway("answered")
+        uacs = {name: answered.uac_process(calls=n, rate=10, duration_ms=ms, service=NUMBER)
+                for name, ms, n in ANSWERED}
+        for pair, n in FAILED:
+            uacs[pair] = gateway(pair).uac_process(
+                calls=n, rate=5, duration_ms=1000, service=NUMBER, scenario=SCENARIO_PAIRS[pair].uac
+            )
+        for uac in uacs.values():  # all groups at once: the run takes as long as the longest
+            stack.enter_context(uac)
+        results = {name: uac.wait(30) for name, uac in uacs.items()}
+        tee.wait_quiet(1.0)
+        times = call_times(p.data for p in tee.packets)
+        groups = {name: sorted(cid for cid in times if cid.split("@")[0].split("-")[1]
+                               == str(uac.process.pid))
+                  for name, uac in uacs.items()}  # sipp's Call-ID is N-PID@host
+        placed = sum(r.created for r in results.values())
+        assert daemon.wait_calls(placed) == placed, daemon.logs()
+        yield Traffic(daemon, results, groups, times)
+
+
+def test_sipp_placed_what_the_module_expects(traffic: Traffic) -> None:
+    # The premise of the checks below: every call went as its scenario says.
+    for name, _, n in ANSWERED:
+        assert traffic.results[name].successful == n, traffic.results[name]
+        assert len(traffic.groups[name]) == n
+    for pair, n in FAILED:
+        assert traffic.results[pair].ok and traffic.results[pair].successful == n
+        assert [traffic.times[c].final for c in traffic.groups[pair]] == \
+            [EXPECTED_FAILED[pair][0]] * n
+
+
+def test_every_answered_call_is_billed_once_with_the_captured_times(traffic: Traffic) -> None:
+    calls = traffic.daemon.calls()  # fails on a Call-ID listed twice
+    assert sorted(calls) == sorted(traffic.times), "calls listed ≠ calls captured"
+    for cid in traffic.answered_ids:
+        call, want = calls[cid], traffic.times[cid]
+        assert want.answer is not None and want.end is not None
+        assert (call["trunk"], call["customer"], call["client"], call["network"],
+                call["reseller"]) == ("acme-1", "acme", "gw-01", "yerevan-1", "r-alpha"), call
+        assert (call["number"], call["sip_code"], call["disposition"]) == (NUMBER, 200, "answered")
+        assert parse_rfc3339_us(call["start"]) == want.start
+        assert parse_rfc3339_us(call["answer"]) == want.answer
+        assert parse_rfc3339_us(call["end"]) == want.end
+        assert call["billsec"] == want.billsec, (cid, want)
+        assert call["flags"] == [], call
+    # sipp -d 1500 / 2500 after the ACK: 2 s and 3 s calls (ring time not billed).
+    assert {traffic.times[c].billsec for c in traffic.groups["short"]} == {2}
+    assert {traffic.times[c].billsec for c in traffic.groups["long"]} == {3}
+    # Exactly once in the ledger itself, too: one calls row per Call-ID.
+    rows = traffic.daemon.ledger_query("SELECT call_id, count(*) FROM calls GROUP BY call_id")
+    assert sorted(rows) == sorted((cid, 1) for cid in traffic.times)
+
+
+def leg_amounts(legs: dict[str, Any]) -> dict[str, tuple[str, str, int, str]]:
+    return {party: (leg["plan"], leg["prefix"], leg["charged_sec"], leg["amount"])
+            for party, leg in legs.items()}
+
+
+def test_leg_amounts_are_what_vmgatectl_rate_says(traffic: Traffic) -> None:
+    calls = traffic.daemon.calls()
+    for cid in traffic.answered_ids:
+        call, want = calls[cid], traffic.times[cid]
+        quote = traffic.daemon.ctl_json(
+            "rate", NUMBER, "--trunk", "acme-1", "--client", "gw-01",
+            "--at", format_rfc3339_us(want.start), "--seconds", str(want.billsec),
+        )
+        assert quote["billsec"] == want.billsec
+        assert leg_amounts(call["legs"]) == leg_amounts(quote["legs"]), (cid, call, quote)
+        assert call["margin"] == quote["margin"]
+        charge = Decimal(call["legs"]["customer"]["amount"])
+        payouts = Decimal(call["legs"]["vmgateclient"]["amount"]) + Decimal(
+            call["legs"]["reseller"]["amount"])
+        assert Decimal(call["margin"]) == charge - payouts
+
+
+def test_one_call_by_hand_from_the_deck_rows(traffic: Traffic) -> None:
+    call = traffic.daemon.calls()[traffic.groups["short"][0]]
+    assert call["billsec"] == 2
+    legs = call["legs"]
+    # conf/decks/retail-a.csv   44207,…,0.0065/min, connection 60 s, block 60 s:
+    #   2 s → max(60, 2) = 60 s charged → 0.0065 × 60 / 60 = 0.006500. The 4420 promo row
+    #   (0.0051, valid 2026-11-01…2027-01-01) is on a shorter prefix: longest prefix wins.
+    assert (legs["customer"]["charged_sec"], legs["customer"]["amount"]) == (60, "0.006500")
+    # conf/decks/client-std.csv 44207,…,0.0037/min, 6 s / 6 s:
+    #   2 s → 6 s charged → 0.0037 × 6 / 60 = 0.000370.
+    assert (legs["vmgateclient"]["charged_sec"], legs["vmgateclient"]["amount"]) == (6, "0.000370")
+    # conf/decks/reseller-alpha.csv 44207,…,0.0003/min, 60 s / 60 s: 60 s → 0.000300.
+    assert (legs["reseller"]["charged_sec"], legs["reseller"]["amount"]) == (60, "0.000300")
+    # margin = 0.006500 − 0.000370 − 0.000300 = 0.005830
+    assert call["margin"] == "0.005830"
+
+
+def test_failed_calls_are_recorded_with_their_code_and_never_charged(traffic: Traffic) -> None:
+    calls = traffic.daemon.calls()
+    for pair, _ in FAILED:
+        code, disposition = EXPECTED_FAILED[pair]
+        for cid in traffic.groups[pair]:
+            call = calls[cid]
+            assert (call["sip_code"], call["disposition"], call["billsec"]) == \
+                (code, disposition, 0), call
+            assert call["answer"] is None
+            assert parse_rfc3339_us(call["start"]) == traffic.times[cid].start
+            assert (call["trunk"], call["client"], call["reseller"]) == \
+                ("acme-1", "gw-01", "r-alpha")
+            assert {leg["amount"] for leg in call["legs"].values()} == {ZERO}, call
+            assert call["margin"] == ZERO
+            postings = traffic.daemon.ledger_query(
+                "SELECT count(*) FROM postings p JOIN calls c ON c.seq = p.seq "
+                "WHERE c.call_id = ?", cid)
+            assert postings == [(0,)], f"{cid}: an unanswered call posted money"
+
+
+def summary(daemon: Vmgated) -> dict[str, Decimal]:
+    b = daemon.ctl_json("balances")
+    return {k: Decimal(b[k]) for k in
+            ("my_balance", "customer_total", "owed_to_vmgateclients", "owed_to_resellers")}
+
+
+def test_metrics_and_balances_agree_with_the_ledger(traffic: Traffic) -> None:
+    daemon = traffic.daemon
+    calls = list(daemon.calls().values())
+    charge = sum((Decimal(c["legs"]["customer"]["amount"]) for c in calls), Decimal(0))
+    client = sum((Decimal(c["legs"]["vmgateclient"]["amount"]) for c in calls), Decimal(0))
+    reseller = sum((Decimal(c["legs"]["reseller"]["amount"]) for c in calls), Decimal(0))
+    margin = sum((Decimal(c["margin"]) for c in calls), Decimal(0))
+    assert charge > 0 and margin == charge - client - reseller
+    want = {"my_balance": margin, "customer_total": -charge,
+            "owed_to_vmgateclients": client, "owed_to_resellers": reseller}
+    assert summary(daemon) == want
+    accounts = {(a["kind"], a["id"]): Decimal(a["balance"])
+                for a in daemon.ctl_json("balances")["accounts"]}
+    assert accounts == {("customer", "acme"): -charge, ("client", "gw-01"): client,
+                        ("reseller", "r-alpha"): reseller, ("tenant", ""): margin}
+
+    text = daemon.metrics()
+    figures = {"my_balance": "vmgated_tenant_balance", "customer_total": "vmgated_customer_total",
+               "owed_to_vmgateclients": "vmgated_owed_to_clients",
+               "owed_to_resellers": "vmgated_owed_to_resellers"}
+    for key, metric in figures.items():
+        assert Decimal(metric_value(text, metric, currency="USD") or "nan") == want[key], metric
+    # Calls counted by (customer, client, disposition) and billed seconds, as listed.
+    counted = {(dict(k)["customer"], dict(k)["client"], dict(k)["disposition"]): int(v)
+               for k, v in metric_samples(text, "vmgated_calls_total").items()}
+    listed: dict[tuple[str, str, str], int] = {}
+    for c in calls:
+        key = (c["customer"], c["client"], c["disposition"])
+        listed[key] = listed.get(key, 0) + 1
+    assert counted == listed
+    assert listed[("acme", "gw-01", "answered")] == 10
+    assert int(metric_value(text, "vmgated_billed_seconds_total") or -1) == \
+        sum(c["billsec"] for c in calls) == 5 * 2 + 5 * 3
+    assert metric_value(text, "vmgated_udp_receive_errors_total") == "0"
+    assert daemon.ctl_json("ledger", "verify")["ok"] is True
+
+
+def test_pay_and_payouts_move_the_four_figures_exactly(traffic: Traffic) -> None:
+    daemon = traffic.daemon
+    before = summary(daemon)
+    daemon.ctl("pay", "acme", "10", "--ref", "e2e-pay-1")
+    daemon.ctl("payout", "client", "gw-01", "0.001234", "--ref", "e2e-out-client-1")
+    daemon.ctl("payout", "reseller", "r-alpha", "0.0005", "--ref", "e2e-out-reseller-1")
+    after = summary(daemon)
+    # Payments move money between a party and `external`: My Balance never changes.
+    assert after == {
+        "my_balance": before["my_balance"],
+        "customer_total": before["customer_total"] + Decimal("10"),
+        "owed_to_vmgateclients": before["owed_to_vmgateclients"] - Decimal("0.001234"),
+        "owed_to_resellers": before["owed_to_resellers"] - Decimal("0.0005"),
+    }
+    payments = {p["reference"]: p for p in daemon.ctl_json("payments")}
+    assert {ref: (p["direction"], p["target_type"], p["target"], p["amount"])
+            for ref, p in payments.items()} == {
+        "e2e-pay-1": ("IN", "Customer", "acme", "10.000000"),
+        "e2e-out-client-1": ("OUT", "VMGateClient", "gw-01", "0.001234"),
+        "e2e-out-reseller-1": ("OUT", "Reseller", "r-alpha", "0.000500"),
+    }
+    # The same reference again is a no-op: nothing moves, nothing is listed twice.
+    again = daemon.ctl_json("pay", "acme", "10", "--ref", "e2e-pay-1")
+    assert again["existed"] is True
+    assert summary(daemon) == after
+    assert len(daemon.ctl_json("payments")) == 3
+    text = daemon.metrics()
+    assert Decimal(metric_value(text, "vmgated_customer_total", currency="USD") or "nan") == \
+        after["customer_total"]
+    assert Decimal(metric_value(text, "vmgated_owed_to_clients", currency="USD") or "nan") == \
+        after["owed_to_vmgateclients"]
+    assert daemon.ctl_json("ledger", "verify")["ok"] is True
