@@ -27,7 +27,7 @@ from daemon import (
     metric_value,
     parse_rfc3339_us,
 )
-from stack import SCENARIO_PAIRS, CallTimes, HepTee, SipStack, SippResult, call_times
+from stack import SCENARIO_PAIRS, CallTimes, HepTee, SippResult, SipStack, call_times
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,9 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def traffic(sip_tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+def traffic(
+    sip_tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Traffic]:
     base = tmp_path_factory.mktemp("billing")
     with contextlib.ExitStack() as stack:
         daemon = launch(base / "vmgated", capture_id=CAPTURE_ID)
