@@ -30,11 +30,10 @@ def test_ready_reloading_watchdog_stopping(tmp_path: Path) -> None:
             assert any(m.split("\n")[0] == "READY=1" for m in seen), seen
             assert any("STATUS=" in m for m in seen)
             ready_at = next(i for i, m in enumerate(seen) if m.startswith("READY=1"))
-            start = time.monotonic()
             time.sleep(1.5)
             pings = [m for m in drain(sock) if m == "WATCHDOG=1"]
-            # WatchdogSec=0.6 s: a ping at least every 0.3 s, never only once per 1 s tick.
-            assert len(pings) >= int((time.monotonic() - start) / 0.3) - 1, pings
+            # WatchdogSec=0.6 s: a ping every 0.3 s (about 5 here), not once per 1 s tick (1-2).
+            assert len(pings) >= 3, pings
             assert env.daemon.proc is not None
             env.daemon.proc.send_signal(signal.SIGHUP)
             got: list[str] = []
