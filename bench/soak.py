@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -125,6 +126,10 @@ def main() -> None:
     ap.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio -m (MB)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "soak"))
     args = ap.parse_args()
+    # Stop cleanly (daemon, Kamailio, sipp) on SIGTERM, and on SIGINT even when started in
+    # the background by a shell that ignores it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     calls = int(args.rate * args.minutes * 60)
     out = Path(args.out)
 
