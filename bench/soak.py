@@ -224,8 +224,11 @@ def main() -> None:
     print(f"sipp -trace_err: {len(errors)} lines; first: {errors[:4]}")
     print(f"ledger: {by_disp} (disposition, calls, billsec>0, customer-unrated); "
           f"duplicate Call-IDs {dup[0]}")
-    print(f"answered calls billed {answered} vs sipp successful {result.successful}: "
-          f"{'EQUAL' if answered == result.successful else 'DIFFERENT'}")
+    total = sum(n for _, n, *_ in by_disp)
+    print(f"calls in the ledger {total} vs sipp created {result.created}: "
+          f"{'EQUAL' if total == result.created else 'DIFFERENT'}; answered billed {answered} "
+          f"vs sipp successful {result.successful} (sipp counts a call it aborted after the "
+          f"answer, e.g. on a retransmitted 180, as failed; it still sends BYE)")
     print(f"kernel drops {drops}, non-ok packets {bad}, final queue depth {depth}")
     print(f"RSS after warm-up ({warm[0]['t_s'] if warm else 0:.0f} s): first {rss[0]:.1f} MB, "
           f"min {min(rss):.1f}, max {max(rss):.1f}, last sample {rss[-1]:.1f}, after drain "
