@@ -6,11 +6,14 @@ Synchronous and socket-free: listeners hand it batches, it hands finished, rated
 a packet is always rated against one consistent config.
 
 Drops are counted by (input, reason) and never raise: a malformed datagram must not cost us
-another call.
+another call. They are logged at most once per `LOG_EVERY` seconds (the first at once), with
+the counts since the last line, so a flood of garbage cannot flood the journal.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import cast
@@ -28,6 +31,9 @@ from vmgated.config import Config
 from vmgated.metrics import Counters
 
 SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
+LOG_EVERY = 10.0  # seconds between two drop warnings (as the listeners do)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,8 @@ class Pipeline:
         self.counters = counters
         self.sink = sink
         self.clock_us = clock_us
+        self._unlogged: dict[tuple[str, str], int] = {}
+        self._last_log = -LOG_EVERY
 
     # -- input -------------------------------------------------------------------------
     def feed_hep(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
@@ -77,22 +85,22 @@ class Pipeline:
         packets = self.counters.packets
         auth_key = self.runtime.config.security.hep_auth_key
         decode, parse, feed = hep.decode, message.parse, self.tracker.feed
-        for data, _sender in batch:
+        for data, sender in batch:
             try:
                 pkt = decode(data)
             except hep.HepError as exc:
-                packets[("hep", exc.reason)] += 1
+                self.dropped("hep", exc.reason, exc, sender)
                 continue
             if auth_key is not None and pkt.auth_key != auth_key:
-                packets[("hep", "auth")] += 1
+                self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
                 continue
             if pkt.proto_type != SIP_PROTO_TYPE:
-                packets[("hep", "not_sip")] += 1
+                self.dropped("hep", "not_sip", f"protocol type {pkt.proto_type}", sender)
                 continue
             try:
                 msg = parse(pkt.payload)
             except message.SipError as exc:
-                packets[("hep", "sip_" + exc.reason)] += 1
+                self.dropped("hep", "sip_" + exc.reason, exc, sender)
                 continue
             packets[("hep", "ok")] += 1
             records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id, pkt.correlation_id)
@@ -109,7 +117,7 @@ class Pipeline:
                 try:
                     cdr = parse_line(line, sender)
                 except CdrError as exc:
-                    self.counters.count_packets("cdr", exc.reason)
+                    self.dropped("cdr", exc.reason, exc, sender)
                     continue
                 self.counters.count_packets("cdr", "ok")
                 self.bill(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))
@@ -119,11 +127,25 @@ class Pipeline:
         try:
             msg = message.parse(data)
         except message.SipError as exc:
-            self.counters.count_packets("sip", "sip_" + exc.reason)
+            self.dropped("sip", "sip_" + exc.reason, exc, src)
             return
         self.counters.count_packets("sip", "ok")
         for record in self.tracker.feed(msg, ts_us, src, dst, None, None):
             self.bill(Billable("", record))
+
+    def dropped(self, input_name: str, reason: str, detail: object, sender: Addr) -> None:
+        """Count a dropped datagram; log a summary at most every LOG_EVERY seconds."""
+        self.counters.packets[(input_name, reason)] += 1
+        key = (input_name, reason)
+        self._unlogged[key] = self._unlogged.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY:
+            return
+        self._last_log = now
+        counts = ", ".join(f"{n} {i} {r}" for (i, r), n in sorted(self._unlogged.items()))
+        self._unlogged.clear()
+        log.warning("dropped %s (last: %s from %s:%s); counted in vmgated_packets_total",
+                    counts, detail, sender[0], sender[1])
 
     def expire(self, now_us: int | None = None) -> int:
         """Close overdue dialogs (max_duration, session expiry, no final response)."""

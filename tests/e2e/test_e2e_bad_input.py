@@ -208,3 +208,15 @@ def test_a_clean_call_after_the_corpus_is_billed(daemon: Vmgated) -> None:
     assert daemon.ctl_json("ledger", "verify")["ok"] is True
     counts = packet_counts(daemon.metrics())
     assert counts[("hep", "ok")] == 12 + 1  # the clean call and the Latin-1 INVITE
+
+
+def test_drops_are_logged_but_rate_limited(daemon: Vmgated) -> None:
+    # SPEC §3.3: logged at a rate-limited level. The first drop of each source of drops (the
+    # listener: source/oversized; the decoder: HEP, auth and SIP faults) is logged at once,
+    # later ones are summed into at most one line per 10 s: 27 drops, a handful of lines.
+    drop_lines = [line for line in daemon.logs().splitlines()
+                  if "WARNING" in line and "dropped" in line]
+    assert any("bad_magic" in line for line in drop_lines), daemon.logs()
+    assert any("source" in line for line in drop_lines), daemon.logs()
+    assert all("vmgated_packets_total" in line for line in drop_lines)
+    assert len(drop_lines) <= 8, drop_lines
