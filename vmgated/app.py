@@ -18,7 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from ledger.errors import KeyConflict, LedgerFull
+from ledger.errors import KeyConflict, LedgerFull, LedgerWriteFailed
 from ledger.model import CallEntry, Receipt, Transaction
 from ledger.store import Ledger
 from sip.call import Addr
@@ -211,14 +211,22 @@ class App:
         except (KeyConflict, ValueError) as exc:
             self._refused(tx, exc)
             return True
-        fut.add_done_callback(partial(self._acked, tx))
+        fut.add_done_callback(partial(self._acked, item, tx))
         return True
 
-    def _acked(self, tx: Transaction, fut: asyncio.Future[Receipt]) -> None:
-        self.pending.pop(tx.key, None)
+    def _acked(self, item: Billable, tx: Transaction, fut: asyncio.Future[Receipt]) -> None:
         if fut.cancelled():
-            return
+            return  # shutdown: the call stays in `pending`, hence in the final snapshot
         exc = fut.exception()
+        if isinstance(exc, LedgerWriteFailed):
+            # SQLite refused the whole group (disk full, I/O error): nothing of it was written
+            # and the call is not at fault. It stays in `pending` (so in the snapshot) and is
+            # retried from the backlog every tick, or billed at the next start if stopping.
+            self.counters.count_packets("ledger", "retry")
+            if not self.stopping.is_set():
+                self.backlog.append((item, tx))
+            return
+        self.pending.pop(tx.key, None)
         if exc is not None:
             self._refused(tx, exc)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,8 +135,9 @@ def test_reload_applies_a_changed_source_allow_list_to_open_sockets(env: Env) ->
     env.send(call_at("allowed", 0))
     env.wait_calls(1)
     text = env.config.read_text()
-    env.config.write_text(text.replace("allowed_sources: [127.0.0.0/8]",
-                                       "allowed_sources: [10.0.0.0/8]"))
+    elsewhere = re.sub(r"allowed_sources: .*", "allowed_sources: [10.0.0.0/8]", text)
+    assert elsewhere != text
+    env.config.write_text(elsewhere)
     assert env.ctl("reload").stdout.strip() == "reloaded"
     env.send(call_at("refused", 100))
     wait_for(lambda: harness.metric_value(env.scrape(), "vmgated_packets_total", input="hep",
@@ -153,7 +155,9 @@ def test_reload_applies_a_shorter_max_duration_to_calls_in_progress(env: Env) ->
     send(env.hep_port, to_hep(setup_messages(c)))
     wait_for(lambda: env.ctl_json("status")["active_calls"] == 1)
     text = env.config.read_text()
-    env.config.write_text(text.replace("calls: {max_duration: 3h}", "calls: {max_duration: 20m}"))
+    shorter = text.replace("calls: {max_duration: 3h}", "calls: {max_duration: 20m}")
+    assert shorter != text
+    env.config.write_text(shorter)
     assert env.ctl("reload").stdout.strip() == "reloaded"
     (closed,) = env.wait_calls(1)
     assert (closed["flags"], closed["billsec"]) == (["max_duration"], 1200)
