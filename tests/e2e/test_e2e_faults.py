@@ -10,15 +10,16 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
-from conftest import VmgatedFactory
 from daemon import Vmgated, metric_value, packet_counts, parse_rfc3339_us
 from stack import CallTimes, HepTee, SipStack, SipStackFactory, call_times
 
 from sip import hep
 
 pytestmark = pytest.mark.e2e
+VmgatedFactory = Callable[..., Vmgated]  # conftest's vmgated_factory fixture
 
 NUMBER = "442071234567"
 CAPTURE_ID = 2001
