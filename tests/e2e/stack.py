@@ -1134,3 +1134,30 @@ def call_times(datagrams: Iterable[bytes]) -> dict[str, CallTimes]:
             byes[0] if byes else None,
         )
     return out
+
+
+def wait_call_times(
+    recorder: HepRecorder, calls: int, timeout: float = 15.0, quiet: float = 0.3
+) -> dict[str, CallTimes]:
+    """Wait until the capture holds `calls` calls, each with its final response and, when
+    answered, its BYE; then let the trailing replies arrive and return the call times.
+
+    A condition on content, not only a quiet period: a loaded machine can pause a Kamailio
+    worker for longer than any quiet period a test would wait.
+    """
+
+    def complete() -> dict[str, CallTimes] | None:
+        times = call_times(p.data for p in recorder.packets)
+        done = len(times) >= calls and all(
+            t.final is not None and (t.answer is None or t.end is not None)
+            for t in times.values()
+        )
+        return times if done else None
+
+    if not _wait_until(lambda: complete() is not None, timeout, interval=0.1):
+        raise HarnessError(
+            f"capture incomplete after {timeout} s: want {calls} finished calls, have "
+            f"{call_times(p.data for p in recorder.packets)}"
+        )
+    recorder.wait_quiet(quiet)
+    return call_times(p.data for p in recorder.packets)

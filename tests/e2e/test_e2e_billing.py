@@ -27,7 +27,7 @@ from daemon import (
     metric_value,
     parse_rfc3339_us,
 )
-from stack import SCENARIO_PAIRS, CallTimes, HepTee, SippResult, SipStack, call_times
+from stack import SCENARIO_PAIRS, CallTimes, HepTee, SippResult, SipStack, wait_call_times
 
 pytestmark = pytest.mark.e2e
 
@@ -78,12 +78,11 @@ def traffic(
         for uac in uacs.values():  # all groups at once: the run takes as long as the longest
             stack.enter_context(uac)
         results = {name: uac.wait(30) for name, uac in uacs.items()}
-        tee.wait_quiet(1.0)
-        times = call_times(p.data for p in tee.packets)
+        placed = sum(r.created for r in results.values())
+        times = wait_call_times(tee, placed)
         groups = {name: sorted(cid for cid in times if cid.split("@")[0].split("-")[1]
                                == str(uac.process.pid))
                   for name, uac in uacs.items()}  # sipp's Call-ID is N-PID@host
-        placed = sum(r.created for r in results.values())
         assert daemon.wait_calls(placed) == placed, daemon.logs()
         yield Traffic(daemon, results, groups, times)
 
