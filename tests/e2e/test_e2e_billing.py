@@ -6,8 +6,9 @@ to a live vmgated. What the daemon bills is checked against the tee's copy (capt
 parsed by the harness, not by vmgated), against `vmgatectl rate`, against the deck by hand,
 and the ledger against `/metrics` and `vmgatectl balances`.
 
-One traffic run serves the whole module: answered calls of two lengths, busy, cancelled and
-unanswered calls, all placed at the same time through four gateways sharing one daemon.
+One traffic run serves the whole module: answered calls of two lengths, answered calls with a
+re-INVITE, busy, cancelled and unanswered calls, all placed at the same time through five
+gateways sharing one daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +35,9 @@ pytestmark = pytest.mark.e2e
 
 NUMBER = "442071234567"  # longest prefix 44207 "United Kingdom London Inner" in all three decks
 CAPTURE_ID = 2001  # gw-01's capture id in daemon.write_config
-ANSWERED = (("short", 1500, 5), ("long", 2500, 5))  # (name, sipp -d ms, calls)
+# (group, scenario pair, sipp -d ms, calls, billsec). The re-INVITE scenario pauses twice.
+ANSWERED = (("short", "answered", 1500, 5, 2), ("long", "answered", 2500, 5, 3),
+            ("reinvite", "reinvite", 1500, 2, 4))
 FAILED = (("busy", 2), ("cancel", 2), ("noanswer", 1))  # scenario pair, calls
 EXPECTED_FAILED = {"busy": (486, "busy"), "cancel": (487, "cancelled"),
                    "noanswer": (480, "no_answer")}  # fmt: skip
@@ -48,10 +52,12 @@ class Traffic:
     results: dict[str, SippResult]  # group name → sipp's own count
     groups: dict[str, list[str]]  # group name → Call-IDs (by the UAC's pid)
     times: dict[str, CallTimes]  # Call-ID → times from the tee's capture
+    capture: bytes  # every HEPv3 datagram the daemon was sent, back to back
+    base: Path
 
     @property
     def answered_ids(self) -> list[str]:
-        return [cid for name, _, _ in ANSWERED for cid in self.groups[name]]
+        return [cid for name, *_ in ANSWERED for cid in self.groups[name]]
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +74,10 @@ def traffic(
             return stack.enter_context(SipStack(base / pair, uas_scenario=SCENARIO_PAIRS[pair].uas,
                                                 hep_to=tee.address, capture_id=CAPTURE_ID))
 
-        answered = gateway("answered")
-        uacs = {name: answered.uac_process(calls=n, rate=10, duration_ms=ms, service=NUMBER)
-                for name, ms, n in ANSWERED}
+        gateways = {pair: gateway(pair) for pair in ("answered", "reinvite")}
+        uacs = {name: gateways[pair].uac_process(calls=n, rate=10, duration_ms=ms,
+                                                 service=NUMBER, scenario=SCENARIO_PAIRS[pair].uac)
+                for name, pair, ms, n, _ in ANSWERED}
         for pair, n in FAILED:
             uacs[pair] = gateway(pair).uac_process(
                 calls=n, rate=5, duration_ms=1000, service=NUMBER, scenario=SCENARIO_PAIRS[pair].uac
@@ -84,12 +91,13 @@ def traffic(
                                == str(uac.process.pid))
                   for name, uac in uacs.items()}  # sipp's Call-ID is N-PID@host
         assert daemon.wait_calls(placed) == placed, daemon.logs()
-        yield Traffic(daemon, results, groups, times)
+        capture = b"".join(p.data for p in tee.packets)
+        yield Traffic(daemon, results, groups, times, capture, base)
 
 
 def test_sipp_placed_what_the_module_expects(traffic: Traffic) -> None:
     # The premise of the checks below: every call went as its scenario says.
-    for name, _, n in ANSWERED:
+    for name, _, _, n, _ in ANSWERED:
         assert traffic.results[name].successful == n, traffic.results[name]
         assert len(traffic.groups[name]) == n
     for pair, n in FAILED:
@@ -112,9 +120,10 @@ def test_every_answered_call_is_billed_once_with_the_captured_times(traffic: Tra
         assert parse_rfc3339_us(call["end"]) == want.end
         assert call["billsec"] == want.billsec, (cid, want)
         assert call["flags"] == [], call
-    # sipp -d 1500 / 2500 after the ACK: 2 s and 3 s calls (ring time not billed).
-    assert {traffic.times[c].billsec for c in traffic.groups["short"]} == {2}
-    assert {traffic.times[c].billsec for c in traffic.groups["long"]} == {3}
+    # sipp -d 1500 / 2500 after the ACK: 2 s and 3 s calls (ring time not billed); the
+    # re-INVITE calls last two pauses (3.0x s) and stay one call each, answered at the first 200.
+    for name, _, _, _, billsec in ANSWERED:
+        assert {traffic.times[c].billsec for c in traffic.groups[name]} == {billsec}, name
     # Exactly once in the ledger itself, too: one calls row per Call-ID.
     rows = traffic.daemon.ledger_query("SELECT call_id, count(*) FROM calls GROUP BY call_id")
     assert sorted(rows) == sorted((cid, 1) for cid in traffic.times)
@@ -215,9 +224,9 @@ def test_metrics_and_balances_agree_with_the_ledger(traffic: Traffic) -> None:
         key = (c["customer"], c["client"], c["disposition"])
         listed[key] = listed.get(key, 0) + 1
     assert counted == listed
-    assert listed[("acme", "gw-01", "answered")] == 10
+    assert listed[("acme", "gw-01", "answered")] == 12
     assert int(metric_value(text, "vmgated_billed_seconds_total") or -1) == \
-        sum(c["billsec"] for c in calls) == 5 * 2 + 5 * 3
+        sum(c["billsec"] for c in calls) == 5 * 2 + 5 * 3 + 2 * 4
     assert metric_value(text, "vmgated_udp_receive_errors_total") == "0"
     assert daemon.ctl_json("ledger", "verify")["ok"] is True
 
@@ -254,3 +263,33 @@ def test_pay_and_payouts_move_the_four_figures_exactly(traffic: Traffic) -> None
     assert Decimal(metric_value(text, "vmgated_owed_to_clients", currency="USD") or "nan") == \
         after["owed_to_vmgateclients"]
     assert daemon.ctl_json("ledger", "verify")["ok"] is True
+
+
+def test_replaying_the_capture_bills_exactly_like_the_live_run(traffic: Traffic) -> None:
+    # SPEC §3.1: capture time, never receive time, so a replay bills like the live run.
+    path = traffic.base / "capture.hep"
+    path.write_bytes(traffic.capture)
+    fresh = launch(traffic.base / "replay", capture_id=CAPTURE_ID)
+    try:
+        out = fresh.ctl_json("replay", str(path))
+        assert out["billed"] == len(traffic.times), out
+        live = traffic.daemon.calls()
+        replayed = fresh.calls()
+        assert sorted(replayed) == sorted(live)
+        for cid, call in live.items():
+            other = replayed[cid]
+            for field in ("call_uid", "trunk", "customer", "client", "reseller", "number", "start",
+                          "answer", "end", "billsec", "sip_code", "disposition", "legs",
+                          "margin", "flags"):
+                assert other[field] == call[field], (cid, field, other[field], call[field])
+        again = fresh.ctl_json("replay", str(path))
+        assert again["billed"] == 0 and again["already_billed"] == len(traffic.times), again
+        assert fresh.ctl_json("ledger", "verify")["ok"] is True
+    finally:
+        fresh.close()
+    # Into the live daemon: same call keys, so nothing is billed twice.
+    before = traffic.daemon.ctl_json("balances")
+    out = traffic.daemon.ctl_json("replay", str(path))
+    assert out["billed"] == 0 and out["already_billed"] == len(traffic.times), out
+    assert traffic.daemon.ctl_json("balances") == before
+    assert len(traffic.daemon.calls()) == len(traffic.times)
