@@ -1093,6 +1093,21 @@ def hep3_sip(datagram: bytes) -> HepSip:
                   cseq.group(2).decode().upper())
 
 
+def hep2_sip(datagram: bytes) -> HepSip:
+    """The same fields from a HEPv2 datagram (IPv4): 16-byte header, then a little-endian
+    time header (seconds, microseconds, capture id, pad) and the SIP payload."""
+    if datagram[:4] != b"\x02\x10\x02\x11":
+        raise ValueError(f"not an IPv4/UDP HEPv2 datagram: {datagram[:4]!r}")
+    sec, usec = struct.unpack_from("<II", datagram, 16)
+    payload = datagram[28:]
+    call_id = _CALL_ID_RE.search(payload)
+    cseq = _CSEQ_RE.search(payload)
+    if call_id is None or cseq is None:
+        raise ValueError(f"SIP without Call-ID or CSeq: {payload[:80]!r}")
+    return HepSip(sec * 1_000_000 + usec, call_id.group(1).decode(), sip_label(datagram),
+                  cseq.group(2).decode().upper())
+
+
 class CallTimes(NamedTuple):
     """One call as the capture shows it (SPEC §4): EpochUs times and the final code."""
 
@@ -1112,10 +1127,11 @@ class CallTimes(NamedTuple):
 
 
 def call_times(datagrams: Iterable[bytes]) -> dict[str, CallTimes]:
-    """Call-ID → CallTimes from HEPv3 datagrams in any order (earliest capture time wins)."""
+    """Call-ID → CallTimes from HEPv3 (or v2) datagrams in any order (earliest capture time
+    wins)."""
     by_call: dict[str, list[HepSip]] = {}
     for datagram in datagrams:
-        msg = hep3_sip(datagram)
+        msg = hep3_sip(datagram) if datagram[:4] == b"HEP3" else hep2_sip(datagram)
         by_call.setdefault(msg.call_id, []).append(msg)
     out: dict[str, CallTimes] = {}
     for call_id, msgs in by_call.items():

@@ -14,7 +14,7 @@ gateways sharing one daemon.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -293,3 +293,26 @@ def test_replaying_the_capture_bills_exactly_like_the_live_run(traffic: Traffic)
     assert out["billed"] == 0 and out["already_billed"] == len(traffic.times), out
     assert traffic.daemon.ctl_json("balances") == before
     assert len(traffic.daemon.calls()) == len(traffic.times)
+
+
+def test_hepv2_from_kamailio_is_billed_too(
+    vmgated_factory: Callable[..., Vmgated], sip_stack_factory: Callable[..., SipStack]
+) -> None:
+    # SPEC §3.1: HEPv3 and HEPv2 (Kamailio's `hep_version 2`: no chunks, a fixed header).
+    daemon = vmgated_factory(capture_id=CAPTURE_ID)
+    with HepTee(daemon.hep_address) as tee:
+        stack = sip_stack_factory(hep_to=tee.address, capture_id=CAPTURE_ID, hep_version=2)
+        result = stack.call(calls=3, rate=10, duration_ms=1500, service=NUMBER)
+        assert result.ok and result.successful == 3, result
+        times = wait_call_times(tee, 3)
+    assert all(p.data[0] == 2 for p in tee.packets)
+    assert daemon.wait_calls(3) == 3, daemon.logs()
+    calls = daemon.calls()
+    assert sorted(calls) == sorted(times)
+    for cid, want in times.items():
+        call = calls[cid]
+        assert (call["disposition"], call["billsec"]) == ("answered", want.billsec), call
+        assert parse_rfc3339_us(call["answer"]) == want.answer
+        assert parse_rfc3339_us(call["end"]) == want.end
+        assert (call["trunk"], call["client"], call["reseller"]) == ("acme-1", "gw-01", "r-alpha")
+        assert call["legs"]["customer"]["amount"] == "0.006500"
