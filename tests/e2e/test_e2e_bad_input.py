@@ -66,6 +66,7 @@ CASES: dict[str, tuple[str, tuple[str, socket.AddressFamily]]] = {
 
 
 def load_generator() -> ModuleType:
+    """tests/corpus/make_corpus.py as a module (it is a script, not a package)."""
     spec = importlib.util.spec_from_file_location("make_corpus", CORPUS / "make_corpus.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -78,6 +79,7 @@ AUTH_KEY: bytes = MAKE_CORPUS.AUTH_KEY
 
 
 def free_port6() -> int:
+    """A UDP port free on ::1."""
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
         s.bind(("::1", 0))
         return int(s.getsockname()[1])
@@ -85,6 +87,7 @@ def free_port6() -> int:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vmgated]:
+    """One daemon for the whole corpus: auth key set, 127.0.0.1 and ::1 only."""
     d = launch(tmp_path_factory.mktemp("bad-input") / "vmgated", auth_key=AUTH_KEY.decode(),
                allowed=("127.0.0.1/32", "::1/128"), hep6_port=free_port6())
     try:
@@ -94,6 +97,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vmgated]:
 
 
 def send(d: Vmgated, data: bytes, source: tuple[str, socket.AddressFamily]) -> None:
+    """Send one datagram from `source` (bound there) to the daemon's v4 or v6 listener."""
     host, family = source
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
@@ -104,6 +108,7 @@ def send(d: Vmgated, data: bytes, source: tuple[str, socket.AddressFamily]) -> N
 
 
 def hep6_port(d: Vmgated) -> int:
+    """The ::1 HEP port, as written in the daemon's config."""
     text = d.config.read_text()
     marker = 'address: "::1", port: '
     start = text.index(marker) + len(marker)

@@ -57,6 +57,7 @@ class Traffic:
 
     @property
     def answered_ids(self) -> list[str]:
+        """Call-IDs of every answered group, in ANSWERED order."""
         return [cid for name, *_ in ANSWERED for cid in self.groups[name]]
 
 
@@ -64,6 +65,7 @@ class Traffic:
 def traffic(
     sip_tools: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Traffic]:
+    """Place every group's calls at once through one daemon; wait until all are billed."""
     base = tmp_path_factory.mktemp("billing")
     with contextlib.ExitStack() as stack:
         daemon = launch(base / "vmgated", capture_id=CAPTURE_ID)
@@ -130,6 +132,7 @@ def test_every_answered_call_is_billed_once_with_the_captured_times(traffic: Tra
 
 
 def leg_amounts(legs: dict[str, Any]) -> dict[str, tuple[str, str, int, str]]:
+    """party → (plan, prefix, charged_sec, amount) of a `calls`/`rate` legs object."""
     return {party: (leg["plan"], leg["prefix"], leg["charged_sec"], leg["amount"])
             for party, leg in legs.items()}
 
@@ -189,6 +192,7 @@ def test_failed_calls_are_recorded_with_their_code_and_never_charged(traffic: Tr
 
 
 def summary(daemon: Vmgated) -> dict[str, Decimal]:
+    """The four summary figures of `vmgatectl balances --json`."""
     b = daemon.ctl_json("balances")
     return {k: Decimal(b[k]) for k in
             ("my_balance", "customer_total", "owed_to_vmgateclients", "owed_to_resellers")}

@@ -112,6 +112,7 @@ def test_garbage_between_real_calls_is_counted_and_loses_no_call(
 # -- kill -9 while calls are up ----------------------------------------------------------------
 
 def answered(tee: HepTee) -> int:
+    """How many captured calls have their 200 to the INVITE."""
     return sum(1 for t in call_times(p.data for p in tee.packets).values()
                if t.answer is not None)
 
