@@ -168,3 +168,23 @@ def test_kill9_mid_traffic_then_restart_bills_every_call_once(
         assert parse_rfc3339_us(str(calls[cid]["answer"])) == want.answer
     assert daemon.ctl_json("ledger", "verify")["ok"] is True
     assert daemon.alive
+
+
+def test_kill9_right_after_the_byes_bills_none_twice(
+    vmgated_factory: VmgatedFactory, sip_stack_factory: SipStackFactory
+) -> None:
+    # Killed as the last calls end: some are committed, some may be only in the journal or in
+    # the snapshot's pending list. The restart re-reads all of it; the ledger's call keys make
+    # the second billing of a committed call a no-op.
+    daemon = vmgated_factory(capture_id=CAPTURE_ID)
+    with HepTee(daemon.hep_address) as tee:
+        stack = sip_stack_factory(hep_to=tee.address, capture_id=CAPTURE_ID)
+        result = stack.call(calls=10, rate=20, duration_ms=1500, service=NUMBER)
+        times = wait_call_times(tee, 10, quiet=0.0)
+        daemon.kill9()
+        daemon.start()
+    assert result.ok and result.successful == 10, result
+    assert daemon.wait_calls(10) == 10, daemon.logs()
+    time.sleep(1.5)  # a second billing, if any, would land within the restart's first ticks
+    assert_billed_once(daemon, times)
+    assert daemon.ctl_json("ledger", "verify")["ok"] is True
