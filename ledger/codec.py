@@ -22,9 +22,8 @@ import hashlib
 import json
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.model import CallEntry, PaymentEntry, Transaction
 from rating.model import Leg, Party
@@ -93,11 +92,30 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 CallRow = tuple[Any, ...]
 PaymentRow = tuple[str, str, str, int, str]
+RateRow = tuple[str, str, int]  # (plan, prefix, valid_since) of a deck row that priced a leg
+
+# Offsets of each party's (plan, unrated, prefix, valid_since) inside a call row.
+_LEG_BASE = len(CALL_FIELDS) - len(LEG_FIELDS) * len(PARTY_ORDER)
+RATE_OFFSETS = tuple(
+    tuple(
+        _LEG_BASE + len(LEG_FIELDS) * i + LEG_FIELDS.index(name)
+        for name in ("plan", "unrated", "prefix", "valid_since")
+    )
+    for i in range(len(PARTY_ORDER))
+)
+_PARTY_SLOT: dict[str, int] = {p.value: i for i, p in enumerate(PARTY_ORDER)}
+# Shapes (Python type of every column) of call rows already found acceptable: the check
+# depends on nothing else, so one hit replaces 53 comparisons. Bounded: shapes are few.
+_OK_SHAPES: set[tuple[type, ...]] = set()
+_OK_SHAPES_MAX = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """A transaction as rows (without `seq`) plus its content digest (32 raw bytes)."""
+class Encoded(NamedTuple):
+    """A transaction as rows (without `seq`) plus its content digest, computed once.
+
+    A NamedTuple rather than a dataclass: one is built per submitted transaction on the
+    caller's thread, and a tuple is the cheapest record Python builds.
+    """
 
     tx: Transaction
     kind: str
@@ -105,6 +123,9 @@ class Encoded:
     call_row: CallRow | None
     payment_row: PaymentRow | None
     digest: bytes
+    digest_hex: str
+    rates: tuple[RateRow, ...]
+    """Deck rows that priced a leg of this call (kind `call` only), for `used_rates`."""
 
 
 def _dec(value: Decimal | None) -> str | None:
@@ -133,10 +154,15 @@ def leg_row(leg: Leg | None) -> tuple[Any, ...]:
 
 def call_row(entry: CallEntry) -> CallRow:
     """The calls-table row of a call entry (without `seq`), in `CALL_FIELDS` order."""
-    by_party: dict[Party, Leg] = {}
+    slots = [_NO_LEG, _NO_LEG, _NO_LEG]
+    names: list[str] = []
     for leg in entry.legs:
-        by_party[Party(leg.party)] = leg
-    head = (
+        slot = _PARTY_SLOT.get(leg.party)
+        if slot is None:
+            slot = _PARTY_SLOT[Party(leg.party).value]  # raises ValueError for a non-party
+        slots[slot] = leg_row(leg)  # a later leg of the same party wins, as in a dict
+        names.append(PARTY_ORDER[slot].value)
+    return (
         entry.call_uid,
         entry.call_id,
         entry.trunk,
@@ -154,13 +180,12 @@ def call_row(entry: CallEntry) -> CallRow:
         entry.sip_code,
         entry.disposition,
         entry.margin,
-        _JSON.encode(list(entry.flags)),
-        ",".join(Party(leg.party).value for leg in entry.legs),
+        _JSON.encode(list(entry.flags)) if entry.flags else "[]",
+        ",".join(names),
+        *slots[0],
+        *slots[1],
+        *slots[2],
     )
-    legs: tuple[Any, ...] = ()
-    for party in PARTY_ORDER:
-        legs += leg_row(by_party.get(party))
-    return head + legs
 
 
 def _leg_from(party: Party, values: Sequence[Any]) -> Leg:
@@ -241,15 +266,16 @@ def canonical(
     payment: Sequence[Any] | None,
 ) -> bytes:
     """The canonical bytes of a transaction's content (what `digest` hashes)."""
+    # JSON writes a tuple exactly as a list, so tuples and lists go in as they are.
     doc = [
         CANONICAL_VERSION,
         key,
         kind,
         currency,
         reason,
-        [list(p) for p in postings],
-        None if call is None else list(call),
-        None if payment is None else list(payment),
+        postings if type(postings) in (list, tuple) else [list(p) for p in postings],
+        call if call is None or type(call) in (list, tuple) else list(call),
+        payment if payment is None or type(payment) in (list, tuple) else list(payment),
     ]
     return _JSON.encode(doc).encode("utf-8")
 
@@ -273,12 +299,16 @@ def check_types(tx: Transaction, crow: CallRow | None, prow: PaymentRow | None) 
         if type(p.account) is not str or type(p.amount) is not int:
             raise TypeError(f"postings: {p!r} needs a text account and an integer amount")
     if crow is not None:
-        value: object
-        for (name, kind, nullable), value in zip(COLUMN_TYPES, crow, strict=True):
-            if value is None and nullable:
-                continue
-            if type(value) is not kind:
-                raise TypeError(f"call.{name}: {value!r} is not {kind.__name__}")
+        shape = tuple(map(type, crow))
+        if shape not in _OK_SHAPES:
+            value: object
+            for (name, kind, nullable), value in zip(COLUMN_TYPES, crow, strict=True):
+                if value is None and nullable:
+                    continue
+                if type(value) is not kind:
+                    raise TypeError(f"call.{name}: {value!r} is not {kind.__name__}")
+            if len(_OK_SHAPES) < _OK_SHAPES_MAX:
+                _OK_SHAPES.add(shape)
     if prow is not None:
         for field_name, value in zip(PAYMENT_FIELDS, prow, strict=True):
             if type(value) is not (int if field_name == "amount" else str):
@@ -296,7 +326,18 @@ def encode(tx: Transaction) -> Encoded:
     check_types(tx, crow, prow)
     kind = tx.kind.value
     body = canonical(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
-    return Encoded(tx, kind, postings, crow, prow, hashlib.sha256(body).digest())
+    digest = hashlib.sha256(body).digest()
+    rates: tuple[RateRow, ...] = ()
+    if crow is not None and kind == "call":
+        rates = tuple(
+            (crow[plan_i], crow[prefix_i], crow[since_i])
+            for plan_i, unrated_i, prefix_i, since_i in RATE_OFFSETS
+            if crow[unrated_i] is None
+            and crow[plan_i] is not None
+            and crow[prefix_i] is not None
+            and crow[since_i] is not None
+        )
+    return Encoded(tx, kind, postings, crow, prow, digest, digest.hex(), rates)
 
 
 def chain_hash(prev_hash: bytes, seq: int, created: int, digest: bytes) -> bytes:

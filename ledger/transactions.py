@@ -35,7 +35,7 @@ from ledger.model import (
     TxKind,
     account,
 )
-from rating.model import Party
+from rating.model import Leg, Party
 
 MAX_AMOUNT = 1 << 62  # SQLite INTEGER is signed 64-bit; keep sums of two amounts in range
 _ID_KINDS = frozenset(
@@ -49,6 +49,25 @@ _PAYMENT_SHAPE = {
 }
 _HISTORY_ONLY = frozenset({TxKind.CALL, TxKind.REVERSAL})
 
+# Postings `call_tx` derived, by id of the (immutable) CallEntry: `check` then compares by
+# identity instead of deriving them a second time on the hot path. The entry itself is
+# held, so its id cannot be reused while it is here; `check` takes it out, and the oldest
+# go first when more than _BUILT_MAX wait (the check then derives them again: same answer).
+_BUILT: dict[int, tuple[CallEntry, tuple[Posting, ...]]] = {}
+_BUILT_MAX = 8192
+
+
+_CALL_SIDES = tuple(
+    (party, kind, f"{kind.value}:", sign)
+    for party, kind, sign in (
+        (Party.CUSTOMER, AccountKind.CUSTOMER, -1),
+        (Party.VMGATECLIENT, AccountKind.CLIENT, 1),
+        (Party.RESELLER, AccountKind.RESELLER, 1),
+    )
+)
+_PARTIES = frozenset(Party)
+_TENANT = account(AccountKind.TENANT)
+
 
 def call_postings(entry: CallEntry) -> tuple[Posting, ...]:
     """SPEC §6 postings of a rated call: customer −C, client +P, reseller +R, tenant +margin.
@@ -56,35 +75,34 @@ def call_postings(entry: CallEntry) -> tuple[Posting, ...]:
     Only rated legs post; zero amounts are left out. Raises InvalidTransaction when a rated
     leg has no account to post to or when `entry.margin` disagrees with the legs.
     """
-    by_party = {Party(leg.party): leg for leg in entry.legs}
+    # Hot path (once per call, twice before the writer's identity memo): a StrEnum member
+    # and its value hash and compare alike, so legs are keyed by `leg.party` as it is.
+    by_party: dict[str, Leg] = {}
+    for leg in entry.legs:
+        if leg.party not in _PARTIES:
+            Party(leg.party)  # raises ValueError naming the bad party, as before
+        by_party[leg.party] = leg
     if len(by_party) != len(entry.legs):
         raise InvalidTransaction(f"call {entry.call_uid}: legs: one leg per party at most")
     out: list[Posting] = []
     charge = payouts = 0
-    for party, kind, ident in (
-        (Party.CUSTOMER, AccountKind.CUSTOMER, entry.customer),
-        (Party.VMGATECLIENT, AccountKind.CLIENT, entry.client),
-        (Party.RESELLER, AccountKind.RESELLER, entry.reseller),
-    ):
-        leg = by_party.get(party)
-        if leg is None or not leg.rated:
+    idents = (entry.customer, entry.client, entry.reseller)
+    for (party, kind, prefix, sign), ident in zip(_CALL_SIDES, idents, strict=True):
+        found = by_party.get(party)
+        if found is None or found.unrated is not None:
             continue
         if not ident or (party is Party.RESELLER and ident == "direct"):
             raise InvalidTransaction(
                 f"call {entry.call_uid}: legs.{party.value}: is rated but the call has no "
                 f"{kind.value} to post it to"
             )
-        if party is Party.CUSTOMER:
-            charge += leg.amount
+        amount = found.amount
+        if sign < 0:
+            charge += amount
         else:
-            payouts += leg.amount
-        if leg.amount:
-            out.append(
-                Posting(
-                    account(kind, ident),
-                    -leg.amount if kind is AccountKind.CUSTOMER else leg.amount,
-                )
-            )
+            payouts += amount
+        if amount:
+            out.append(Posting(prefix + ident, sign * amount))
     margin = charge - payouts
     if margin != entry.margin:
         raise InvalidTransaction(
@@ -92,20 +110,31 @@ def call_postings(entry: CallEntry) -> tuple[Posting, ...]:
             f"{charge} − {payouts} = {margin}"
         )
     if margin:
-        out.append(Posting(account(AccountKind.TENANT), margin))
+        out.append(Posting(_TENANT, margin))
     return tuple(out)
 
 
 def call_tx(entry: CallEntry, currency: str, created: int) -> Transaction:
     """The `call:<uid>` transaction of a call's first rating (zero postings if nothing rated)."""
+    postings = call_postings(entry)
+    if len(_BUILT) >= _BUILT_MAX:
+        _BUILT.pop(next(iter(_BUILT)), None)
+    _BUILT[id(entry)] = (entry, postings)
     return Transaction(
         key=f"call:{entry.call_uid}",
         kind=TxKind.CALL,
         currency=currency,
-        postings=call_postings(entry),
+        postings=postings,
         created=created,
         call=entry,
     )
+
+
+def _derived_postings_match(tx: Transaction, entry: CallEntry) -> bool:
+    built = _BUILT.pop(id(entry), None)
+    if built is not None and built[0] is entry and built[1] is tx.postings:
+        return True
+    return tx.postings == call_postings(entry)
 
 
 def _payment(
@@ -253,7 +282,7 @@ def _check_kind(tx: Transaction, where: str) -> None:
         base = f"call:{tx.call.call_uid}"
         if tx.key != base and not tx.key.startswith(base + ":rerate:"):
             raise InvalidTransaction(f"{where}: key: a call's key is {base!r} (or a rerate key)")
-        if tx.postings != call_postings(tx.call):
+        if not _derived_postings_match(tx, tx.call):
             raise InvalidTransaction(f"{where}: postings: differ from the call's rated legs")
     elif tx.kind is TxKind.REVERSAL:
         if tx.call is not None or tx.payment is not None or ":reversal:" not in tx.key:

@@ -23,18 +23,19 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiosqlite
 
 from ledger.balances import AccountKey, Balances
 from ledger.codec import (
     CALL_FIELDS,
-    LEG_FIELDS,
-    PARTY_ORDER,
+    GENESIS_HASH,
     PAYMENT_FIELDS,
     Encoded,
+    RateRow,
     chain_hash,
     encode,
 )
@@ -51,7 +52,6 @@ from ledger.transactions import check
 log = logging.getLogger(__name__)
 
 CommitHook = Callable[[int, float], None]
-RateRow = tuple[str, str, int]
 
 _INSERT_TX = (
     "INSERT INTO transactions (seq, key, kind, currency, created, reason, digest, prev_hash, "
@@ -72,15 +72,6 @@ _LOOKUP = (
     "SELECT t.key, t.seq, t.digest, t.hash FROM json_each(?) AS j "
     "JOIN transactions AS t ON t.key = j.value"
 )
-# Offsets of each party's (plan, unrated, prefix, ..., valid_since) inside a call row.
-_LEG_BASE = len(CALL_FIELDS) - len(LEG_FIELDS) * len(PARTY_ORDER)
-_RATE_OFFSETS = tuple(
-    tuple(
-        _LEG_BASE + len(LEG_FIELDS) * i + LEG_FIELDS.index(name)
-        for name in ("plan", "unrated", "prefix", "valid_since")
-    )
-    for i in range(len(PARTY_ORDER))
-)
 
 
 @dataclass(slots=True)
@@ -91,12 +82,21 @@ class _Item:
 
 _Unit = list[_Item]
 _Known = tuple[int, str, str]  # seq, digest hex, hash hex
+_Result = tuple[asyncio.Future[Receipt], Receipt | BaseException]
 
 
 @dataclass(slots=True)
 class _Plan:
-    seq: int
-    prev: bytes
+    """One group's rows, seqs, hashes and outcomes, computed against an assumed head."""
+
+    units: list[_Unit]
+    base_seq: int
+    base_hash: bytes
+    started: float
+    seq: int = 0
+    prev: bytes = b""
+    prev_hex: str = ""
+    fresh: dict[str, _Known] = field(default_factory=dict)
     tx_rows: list[tuple[object, ...]] = field(default_factory=list)
     posting_rows: list[tuple[object, ...]] = field(default_factory=list)
     call_rows: list[tuple[object, ...]] = field(default_factory=list)
@@ -104,9 +104,65 @@ class _Plan:
     rate_rows: list[tuple[object, ...]] = field(default_factory=list)
     new_rates: set[RateRow] = field(default_factory=set)
     deltas: dict[AccountKey, int] = field(default_factory=dict)
-    results: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]] = field(
-        default_factory=list
-    )
+    results: list[_Result] = field(default_factory=list)
+    rates_ahead: set[RateRow] = field(default_factory=set)
+    """Rate rows the group written before this one adds (not yet in `used_rates`)."""
+
+    @property
+    def size(self) -> int:
+        """Transactions in the group."""
+        return sum(len(u) for u in self.units)
+
+    def fail(self, err: BaseException) -> None:
+        """Fail every caller of the group still waiting."""
+        for unit in self.units:
+            for item in unit:
+                if not item.fut.done():
+                    item.fut.set_exception(err)
+
+
+def write_group(db: sqlite3.Connection, plan: _Plan) -> dict[str, _Known] | None:
+    """Write one planned group in one SQLite transaction (runs on the connection's thread).
+
+    Returns None once COMMIT returned (durable), or, without writing anything, the keys of
+    the group that the file already holds: the plan assumed them new and must be redone.
+    The whole group is one call so the SQLite thread never waits for the event loop
+    between statements while the loop plans the next group.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute(_HEAD).fetchone()
+        on_disk = (0, GENESIS_HASH) if row is None else (row[0], row[1])
+        if on_disk != (plan.base_seq, plan.base_hash.hex()):
+            raise LedgerWriteFailed(
+                f"the file's head is seq {on_disk[0]}, this writer's is {plan.base_seq}: "
+                "another process wrote to the ledger; stop it and restart vmgated"
+            )
+        if plan.fresh:
+            keys = json.dumps(list(plan.fresh))
+            hits = {k: (s, d, h) for k, s, d, h in db.execute(_LOOKUP, (keys,))}
+            if hits:
+                db.execute("ROLLBACK")
+                return hits
+        if plan.tx_rows:
+            db.executemany(_INSERT_TX, plan.tx_rows)
+        if plan.posting_rows:
+            db.executemany(_INSERT_POSTING, plan.posting_rows)
+        if plan.call_rows:
+            db.executemany(_INSERT_CALL, plan.call_rows)
+        if plan.payment_rows:
+            db.executemany(_INSERT_PAYMENT, plan.payment_rows)
+        if plan.rate_rows:
+            db.executemany(_INSERT_RATE, plan.rate_rows)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("ledger: ROLLBACK failed after a failed group")
+        raise
+    return None
 
 
 WAL_CHECKPOINT_EVERY = 20_000
@@ -240,32 +296,54 @@ class Writer:
             await self._conn.close()
 
     async def _run(self) -> None:
+        # Two groups at a time: while SQLite writes and fsyncs group N on its thread, this
+        # loop takes and plans group N+1 against N's predicted head. If N's head turns out
+        # otherwise (it failed, or met keys already in the file), N+1 is planned again.
+        inflight: tuple[_Plan, asyncio.Task[_Plan]] | None = None
         try:
             while True:
                 if not self._queue:
+                    if inflight is not None:
+                        await self._finish(*inflight)
+                        inflight = None
+                        await self._maintain()
+                        continue
                     if self._closing:
                         return
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                if self._queued < self._batch_max and self._batch_s > 0 and not self._closing:
-                    self._full.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), self._batch_s)
-                await self._commit(self._take())
-                if self._seq - self._ckpt_seq >= self._checkpoint_every:
-                    await self._checkpoint()
-                if self._seq - self._wal_seq >= WAL_CHECKPOINT_EVERY and (
-                    self._wal_task is None or self._wal_task.done()
-                ):
-                    self._wal_seq = self._seq
-                    self._wal_task = asyncio.create_task(
-                        asyncio.to_thread(copy_wal, self._path), name="ledger-wal-checkpoint"
-                    )
+                if self._queued < self._batch_max and not self._closing:
+                    if inflight is None:
+                        if self._batch_s > 0:
+                            self._full.clear()
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._full.wait(), self._batch_s)
+                    elif not inflight[1].done():
+                        # The write in flight is this group's window.
+                        self._full.clear()
+                        full = asyncio.ensure_future(self._full.wait())
+                        await asyncio.wait((full, inflight[1]), return_when=asyncio.FIRST_COMPLETED)
+                        full.cancel()
+                units = self._take()
+                if inflight is None:
+                    plan = self._plan(units, self._seq, self._hash, {}, None)
+                else:
+                    ahead = inflight[0]
+                    plan = self._plan(units, ahead.seq, ahead.prev, {}, ahead)
+                    await self._finish(*inflight)
+                    inflight = None
+                    if (plan.base_seq, plan.base_hash) != (self._seq, self._hash):
+                        plan = self._plan(units, self._seq, self._hash, {}, None)
+                    await self._maintain()
+                inflight = (plan, asyncio.create_task(self._write(plan)))
         except BaseException as exc:
             # The writer must never die silently: whoever waits learns why.
             self._closing = True
             err = LedgerWriteFailed(f"ledger writer stopped: {exc!r}")
+            if inflight is not None:
+                inflight[1].cancel()
+                inflight[0].fail(err)
             while self._queue:
                 for item in self._queue.popleft():
                     if not item.fut.done():
@@ -274,6 +352,18 @@ class Writer:
             if not isinstance(exc, asyncio.CancelledError):
                 log.exception("ledger writer stopped")
             raise
+
+    async def _maintain(self) -> None:
+        """Balance checkpoint and WAL copy when due (only between groups, none in flight)."""
+        if self._seq - self._ckpt_seq >= self._checkpoint_every:
+            await self._checkpoint()
+        if self._seq - self._wal_seq >= WAL_CHECKPOINT_EVERY and (
+            self._wal_task is None or self._wal_task.done()
+        ):
+            self._wal_seq = self._seq
+            self._wal_task = asyncio.create_task(
+                asyncio.to_thread(copy_wal, self._path), name="ledger-wal-checkpoint"
+            )
 
     def _take(self) -> list[_Unit]:
         units: list[_Unit] = []
@@ -285,52 +375,27 @@ class Writer:
         self._queued -= taken
         return units
 
-    async def _commit(self, units: list[_Unit]) -> None:
-        started = time.perf_counter()
-        conn = self._conn
-        size = sum(len(u) for u in units)
+    async def _write(self, plan: _Plan) -> _Plan:
+        """Write `plan`, planning it again with the file's keys if it met any; the plan written."""
+        while True:
+            # aiosqlite runs `write_group` on the connection's own thread, in queue order.
+            run = cast(Callable[..., Awaitable[dict[str, _Known] | None]], self._conn._execute)
+            hits = await run(write_group, self._conn._conn, plan)
+            if hits is None:
+                return plan
+            plan = self._plan(plan.units, plan.base_seq, plan.base_hash, hits, None)
+
+    async def _finish(self, plan: _Plan, task: asyncio.Task[_Plan]) -> None:
+        """Wait for a group's commit, then move the head and answer its callers."""
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = next(iter(await conn.execute_fetchall(_HEAD)), None)
-                on_disk = (0, "0" * 64) if row is None else (row[0], row[1])
-                if on_disk != (self._seq, self._hash.hex()):
-                    raise LedgerWriteFailed(
-                        f"the file's head is seq {on_disk[0]}, this writer's is {self._seq}: "
-                        "another process wrote to the ledger; stop it and restart vmgated"
-                    )
-                keys = json.dumps(list({item.enc.tx.key for unit in units for item in unit}))
-                known: dict[str, _Known] = {
-                    k: (s, d, h) for k, s, d, h in await conn.execute_fetchall(_LOOKUP, (keys,))
-                }
-                plan = self._plan(units, known)
-                if plan.tx_rows:
-                    await conn.executemany(_INSERT_TX, plan.tx_rows)
-                if plan.posting_rows:
-                    await conn.executemany(_INSERT_POSTING, plan.posting_rows)
-                if plan.call_rows:
-                    await conn.executemany(_INSERT_CALL, plan.call_rows)
-                if plan.payment_rows:
-                    await conn.executemany(_INSERT_PAYMENT, plan.payment_rows)
-                if plan.rate_rows:
-                    await conn.executemany(_INSERT_RATE, plan.rate_rows)
-                await conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    await conn.execute("ROLLBACK")
-                except Exception:
-                    log.exception("ledger: ROLLBACK failed after a failed group")
-                raise
+            plan = await task
         except Exception as exc:
             err = (
                 exc
                 if isinstance(exc, LedgerWriteFailed)
-                else LedgerWriteFailed(f"group of {size} transactions not written: {exc!r}")
+                else LedgerWriteFailed(f"group of {plan.size} transactions not written: {exc!r}")
             )
-            for unit in units:
-                for item in unit:
-                    if not item.fut.done():
-                        item.fut.set_exception(err)
+            plan.fail(err)
             log.error("ledger: %s", err)
             return
         self._seq, self._hash = plan.seq, plan.prev
@@ -345,83 +410,119 @@ class Writer:
                 fut.set_exception(result)
         hook = self.on_commit
         if hook is not None:
-            hook(size, time.perf_counter() - started)
+            hook(plan.size, time.perf_counter() - plan.started)
 
-    def _plan(self, units: list[_Unit], known: dict[str, _Known]) -> _Plan:
-        """Assign seqs and hashes and build the rows of one group (pure, no I/O)."""
-        plan = _Plan(self._seq, self._hash)
+    def _plan(
+        self,
+        units: list[_Unit],
+        base_seq: int,
+        base_hash: bytes,
+        disk: dict[str, _Known],
+        ahead: _Plan | None,
+    ) -> _Plan:
+        """Assign seqs and hashes and build the rows of one group (pure, no I/O).
+
+        `disk`: keys the file is known to hold; `ahead`: the group being written before this
+        one (its keys and rate rows count as present: this plan is only used if that group
+        commits exactly as planned).
+        """
+        plan = _Plan(units, base_seq, base_hash, time.perf_counter(), base_seq, base_hash)
+        plan.prev_hex = base_hash.hex()
+        pending: dict[str, _Known] = {}
+        if ahead is not None:
+            pending = ahead.fresh
+            plan.rates_ahead = ahead.new_rates
+        fresh = plan.fresh
+        results = plan.results
         for unit in units:
-            seq, prev = plan.seq, plan.prev
-            fresh: dict[str, _Known] = {}
-            results: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]] = []
-            tx_rows: list[tuple[object, ...]] = []
-            new: list[tuple[int, Encoded]] = []
+            if len(unit) == 1:
+                item = unit[0]
+                enc = item.enc
+                key = enc.tx.key
+                hit = fresh.get(key) or pending.get(key) or disk.get(key)
+                if hit is None:
+                    self._emit(plan, item)
+                elif hit[1] == enc.digest_hex:
+                    results.append((item.fut, Receipt(hit[0], key, hit[2], True)))
+                else:
+                    results.append((item.fut, KeyConflict(key, hit[0])))
+                continue
+            # A linked unit: resolve every key first, so a conflict writes none of it.
+            inside: dict[str, tuple[str, int]] = {}  # new keys of the unit: digest, seq
+            hits: list[_Known | None] = []
             error: KeyConflict | None = None
             for item in unit:
-                enc = item.enc
-                tx = enc.tx
-                hit = known.get(tx.key) or fresh.get(tx.key)
-                digest_hex = enc.digest.hex()
-                if hit is not None:
-                    if hit[1] != digest_hex:
-                        error = KeyConflict(tx.key, hit[0])
+                key = item.enc.tx.key
+                digest_hex = item.enc.digest_hex
+                hit = fresh.get(key) or pending.get(key) or disk.get(key)
+                if hit is None and key in inside:
+                    if inside[key][0] != digest_hex:
+                        error = KeyConflict(key, inside[key][1])
                         break
-                    results.append((item.fut, Receipt(hit[0], tx.key, hit[2], True)))
+                    hits.append(None)
                     continue
-                seq += 1
-                link = chain_hash(prev, seq, tx.created, enc.digest)
-                link_hex = link.hex()
-                tx_rows.append(
-                    (
-                        seq,
-                        tx.key,
-                        enc.kind,
-                        tx.currency,
-                        tx.created,
-                        tx.reason,
-                        digest_hex,
-                        prev.hex(),
-                        link_hex,
-                    )
-                )
-                fresh[tx.key] = (seq, digest_hex, link_hex)
-                results.append((item.fut, Receipt(seq, tx.key, link_hex, False)))
-                new.append((seq, enc))
-                prev = link
+                if hit is not None and hit[1] != digest_hex:
+                    error = KeyConflict(key, hit[0])
+                    break
+                if hit is None:
+                    inside[key] = (digest_hex, plan.seq + len(inside) + 1)
+                hits.append(hit)
             if error is not None:
-                plan.results.extend((item.fut, error) for item in unit)
+                results.extend((item.fut, error) for item in unit)
                 continue
-            plan.seq, plan.prev = seq, prev
-            known.update(fresh)
-            plan.results.extend(results)
-            plan.tx_rows.extend(tx_rows)
-            self._rows(plan, new)
+            for item, hit in zip(unit, hits, strict=True):
+                key = item.enc.tx.key
+                if hit is None and key not in fresh:
+                    self._emit(plan, item)
+                else:
+                    known = hit if hit is not None else fresh[key]
+                    results.append((item.fut, Receipt(known[0], key, known[2], True)))
         return plan
 
-    def _rows(self, plan: _Plan, new: list[tuple[int, Encoded]]) -> None:
+    def _emit(self, plan: _Plan, item: _Item) -> None:
+        """Append one new transaction to the plan: next seq, chain link, rows, deltas."""
+        enc = item.enc
+        tx = enc.tx
+        key = tx.key
+        seq = plan.seq + 1
+        link = chain_hash(plan.prev, seq, tx.created, enc.digest)
+        link_hex = link.hex()
+        currency = tx.currency
+        plan.tx_rows.append(
+            (
+                seq,
+                key,
+                enc.kind,
+                currency,
+                tx.created,
+                tx.reason,
+                enc.digest_hex,
+                plan.prev_hex,
+                link_hex,
+            )
+        )
+        plan.fresh[key] = (seq, enc.digest_hex, link_hex)
+        plan.results.append((item.fut, Receipt(seq, key, link_hex, False)))
+        posting_rows = plan.posting_rows
         deltas = plan.deltas
-        for seq, enc in new:
-            currency = enc.tx.currency
-            for idx, (acc, amount) in enumerate(enc.postings):
-                plan.posting_rows.append((seq, idx, acc, amount))
-                key = (currency, acc)
-                deltas[key] = deltas.get(key, 0) + amount
-            crow = enc.call_row
-            if crow is not None:
-                plan.call_rows.append((seq, *crow))
-                if enc.kind == "call":
-                    for plan_i, unrated_i, prefix_i, since_i in _RATE_OFFSETS:
-                        rate = (crow[plan_i], crow[prefix_i], crow[since_i])
-                        if (
-                            crow[unrated_i] is None
-                            and None not in rate
-                            and rate not in self.used_rates
-                            and rate not in plan.new_rates
-                        ):
-                            plan.new_rates.add(rate)
-                            plan.rate_rows.append((*rate, seq))
-            if enc.payment_row is not None:
-                plan.payment_rows.append((seq, *enc.payment_row))
+        for idx, (acc, amount) in enumerate(enc.postings):
+            posting_rows.append((seq, idx, acc, amount))
+            dkey = (currency, acc)
+            deltas[dkey] = deltas.get(dkey, 0) + amount
+        crow = enc.call_row
+        if crow is not None:
+            plan.call_rows.append((seq, *crow))
+            for rate in enc.rates:
+                if (
+                    rate not in self.used_rates
+                    and rate not in plan.new_rates
+                    and rate not in plan.rates_ahead
+                ):
+                    plan.new_rates.add(rate)
+                    plan.rate_rows.append((*rate, seq))
+        if enc.payment_row is not None:
+            plan.payment_rows.append((seq, *enc.payment_row))
+        plan.seq, plan.prev, plan.prev_hex = seq, link, link_hex
 
     async def _checkpoint(self) -> None:
         """Write the balances as of the head (a full copy) so the next open reads the tail only."""
