@@ -1,0 +1,115 @@
+"""The writer's pipeline: group N+1 is planned while group N is written, and stays right
+when N shares keys or rate rows with it, or when the file already holds some of its keys."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+from test_ledger_fixtures import T0, call
+from test_ledger_store import count, pay, with_ledger
+
+from ledger import transactions as txs
+from ledger.errors import InvalidTransaction, KeyConflict
+from ledger.model import Posting, Receipt
+from ledger.store import Ledger
+from ledger.verify import verify
+
+
+def test_groups_in_flight_together_share_a_new_rate_row_once(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+
+    async def body(ledger: Ledger) -> list[Receipt]:
+        futs = [
+            ledger.submit_nowait(txs.call_tx(call(f"u{i}"), "USD", T0 + i)) for i in range(60)
+        ]
+        return list(await asyncio.gather(*futs))
+
+    receipts = with_ledger(db, body, batch_max=7, batch_ms=0)
+    assert [r.seq for r in receipts] == list(range(1, 61))
+    assert not any(r.existed for r in receipts)
+    # Every call is priced by the same three deck rows: each is recorded once, at seq 1.
+    assert count(db, "SELECT COUNT(*) FROM used_rates") == 3
+    assert count(db, "SELECT MAX(seq) FROM used_rates") == 1
+    assert verify(db).ok
+
+
+def test_a_key_repeated_in_the_next_group_gets_the_first_receipt(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+
+    async def body(ledger: Ledger) -> tuple[list[Receipt], BaseException | None]:
+        futs = [ledger.submit_nowait(pay(f"p{i}")) for i in range(10)]
+        futs += [ledger.submit_nowait(pay(f"p{i}")) for i in range(10)]  # same content
+        clash = ledger.submit_nowait(pay("p3", amount=5))  # other content
+        receipts = list(await asyncio.gather(*futs))
+        try:
+            await clash
+        except KeyConflict as exc:
+            return receipts, exc
+        return receipts, None
+
+    receipts, clash = with_ledger(db, body, batch_max=4, batch_ms=0)
+    assert [r.existed for r in receipts] == [False] * 10 + [True] * 10
+    assert receipts[10:] == [dataclasses.replace(r, existed=True) for r in receipts[:10]]
+    assert isinstance(clash, KeyConflict) and clash.seq == receipts[3].seq
+    assert count(db, "SELECT COUNT(*) FROM transactions") == 10
+    assert verify(db).ok
+
+
+def test_keys_already_in_the_file_are_found_and_the_rest_of_the_group_is_written(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "l.db"
+    first = with_ledger(db, lambda ledger: ledger.submit(pay("old")))
+
+    async def body(ledger: Ledger) -> list[Receipt | BaseException]:
+        futs = [
+            ledger.submit_nowait(pay("new-1")),
+            ledger.submit_nowait(pay("old")),
+            ledger.submit_nowait(pay("new-2")),
+        ]
+        clash = ledger.submit_nowait(pay("old", amount=7))
+        return list(await asyncio.gather(*futs, clash, return_exceptions=True))
+
+    new1, old, new2, clash = with_ledger(db, body, batch_max=100, batch_ms=20)
+    assert old == dataclasses.replace(first, existed=True)
+    assert isinstance(new1, Receipt) and isinstance(new2, Receipt)
+    assert (new1.seq, new2.seq) == (2, 3) and not new1.existed and not new2.existed
+    assert isinstance(clash, KeyConflict) and clash.seq == 1
+    assert count(db, "SELECT COUNT(*) FROM transactions") == 3
+    assert verify(db).ok
+
+
+def test_a_failed_group_makes_the_next_one_planned_again_from_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    with_ledger(db, lambda ledger: ledger.submit(pay("p0")))
+    # Another writer appends behind the ledger's back: the next group must refuse to chain
+    # onto a head it did not write, and so must every group planned after it.
+    async def body(ledger: Ledger) -> list[Receipt | BaseException]:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO transactions VALUES (2, 'x', 'adjustment', 'USD', 0, 'r', 'd', "
+                "'p', 'h')"
+            )
+        futs = [ledger.submit_nowait(pay(f"p{i}")) for i in range(1, 9)]
+        return list(await asyncio.gather(*futs, return_exceptions=True))
+
+    results = with_ledger(db, body, batch_max=2, batch_ms=0)
+    assert all(isinstance(r, Exception) and "another process" in str(r) for r in results)
+    assert count(db, "SELECT COUNT(*) FROM transactions") == 2
+
+
+def test_a_call_tx_is_checked_against_its_legs_even_when_rebuilt_by_hand() -> None:
+    entry = call("u9")
+    built = txs.call_tx(entry, "USD", T0)
+    txs.check(built)  # the memo of call_tx: same entry, same postings object
+    forged = dataclasses.replace(
+        txs.call_tx(entry, "USD", T0), postings=(Posting("customer:acme", -1), Posting("tenant", 1))
+    )
+    with pytest.raises(InvalidTransaction, match="rated legs"):
+        txs.check(forged)
+    # An equal, separately built postings tuple passes the slow comparison.
+    txs.check(dataclasses.replace(built, postings=tuple(txs.call_postings(entry))))
