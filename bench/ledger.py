@@ -3,11 +3,12 @@
 
     /work/venv/bin/python bench/ledger.py [--calls 100000] [--payments 50000]
 
-Writer: `submit_nowait` as fast as the queue takes it (retrying on LedgerFull), every future
+Writer: `call_tx` + `submit_nowait` per call, as vmgated's pipeline does, as fast as the queue
+takes them (retrying on LedgerFull, yielding to the loop every YIELD_EVERY), every future
 awaited, so every counted transaction is acknowledged as durable (WAL, synchronous=FULL).
 Baseline: the rows the writer would write (pre-encoded, pre-hashed) inserted with one
 executemany per table and one COMMIT per 2,000 transactions — the floor SQLite itself sets.
-Commit latency is the writer's own per-group time (BEGIN → COMMIT), p50/p99.
+Commit latency is the writer's own per-group time (planning + BEGIN → COMMIT), p50/p99.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """The single writer task: a bounded queue in, group commits out.
 
 Callers hand transactions over with `submit_nowait` (on the event loop thread). The rules are
-checked and the canonical encoding made right there, so a bad transaction fails its caller at
-once and never reaches SQLite. The writer task then takes up to `batch_max` queued
-transactions (waiting at most `batch_ms` for a group to fill), and for the whole group:
-BEGIN IMMEDIATE, one lookup of every key already in the file, seq and hash assignment in
-memory, one `executemany` per table, one COMMIT (fsync, `synchronous=FULL`). Only then are the
-callers' futures resolved, the balance projection updated and the commit hook called; an
-acknowledged transaction is therefore on disk.
+checked and the canonical encoding made right there (digest, its hex, the rate rows a call
+used: computed once), so a bad transaction fails its caller at once and never reaches SQLite.
+The writer task then takes up to `batch_max` queued transactions (waiting at most `batch_ms`
+for a group to fill) and plans the group in memory: seqs, chain hashes, every row, the balance
+deltas. `write_group` then runs on the SQLite thread as one call: BEGIN IMMEDIATE, head check,
+one lookup of the group's new keys in the file, multi-row INSERTs, COMMIT (fsync,
+`synchronous=FULL`). While it does, the loop plans the next group against the predicted head
+(the pipeline); if the group in flight fails or meets keys already in the file, the next one
+is planned again. Only after COMMIT returned are the callers' futures resolved, the balance
+projection updated and the commit hook called; an acknowledged transaction is on disk.
 
 Exactly once: a key already in the file or earlier in the same group with the same content
 digest resolves to that transaction's Receipt with `existed=True`; with another digest, to
