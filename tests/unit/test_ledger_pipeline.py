@@ -113,3 +113,31 @@ def test_a_call_tx_is_checked_against_its_legs_even_when_rebuilt_by_hand() -> No
         txs.check(forged)
     # An equal, separately built postings tuple passes the slow comparison.
     txs.check(dataclasses.replace(built, postings=tuple(txs.call_postings(entry))))
+
+
+def test_big_groups_are_written_in_multi_row_chunks_and_remainders(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    n = 263  # 2 chunks of 100 tx rows + 63, 2 of 250 postings + 26, 5 of 50 calls + 13 ...
+
+    async def body(ledger: Ledger) -> list[Receipt]:
+        futs = [ledger.submit_nowait(pay(f"p{i}", 1_000 + i)) for i in range(n)]
+        futs += [
+            ledger.submit_nowait(txs.call_tx(call(f"u{i}"), "USD", T0 + i)) for i in range(n)
+        ]
+        return list(await asyncio.gather(*futs))
+
+    receipts = with_ledger(db, body, batch_max=1000, batch_ms=200)
+    assert [r.seq for r in receipts] == list(range(1, 2 * n + 1))
+    assert count(db, "SELECT COUNT(*) FROM postings") == n * 2 + n * 4
+    assert count(db, "SELECT COUNT(*) FROM calls") == n
+    assert count(db, "SELECT COUNT(*) FROM payments") == n
+    assert count(db, "SELECT SUM(amount) FROM payments") == sum(1_000 + i for i in range(n))
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq, idx, account, amount FROM postings WHERE seq <= 2")
+        assert rows.fetchall() == [
+            (1, 0, "customer:acme", 1_000),
+            (1, 1, "external", -1_000),
+            (2, 0, "customer:acme", 1_001),
+            (2, 1, "external", -1_001),
+        ]
+    assert verify(db).ok
