@@ -415,14 +415,23 @@ class Writer:
         return units
 
     async def _write(self, plan: _Plan) -> _Plan:
-        """Write `plan`, planning it again with the file's keys if it met any; the plan written."""
+        """Write `plan`, planning it again with the file's keys if it met any; the plan written.
+
+        The keys met are accumulated across attempts: a replan drops the `ahead` group's
+        keys, so a key first resolved through it becomes "new" again and is only found on
+        disk by the next lookup. Forgetting the earlier hits would let two such keys take
+        turns forever; with the union, every attempt adds at least one key, so there are at
+        most as many attempts as the group has keys.
+        """
+        disk: dict[str, _Known] = {}
         while True:
             # aiosqlite runs `write_group` on the connection's own thread, in queue order.
             run = cast(Callable[..., Awaitable[dict[str, _Known] | None]], self._conn._execute)
             hits = await run(write_group, self._conn._conn, plan)
             if hits is None:
                 return plan
-            plan = self._plan(plan.units, plan.base_seq, plan.base_hash, hits, None)
+            disk.update(hits)
+            plan = self._plan(plan.units, plan.base_seq, plan.base_hash, disk, None)
 
     async def _finish(self, plan: _Plan, task: asyncio.Task[_Plan]) -> None:
         """Wait for a group's commit, then move the head and answer its callers."""

@@ -141,3 +141,29 @@ def test_big_groups_are_written_in_multi_row_chunks_and_remainders(tmp_path: Pat
             (2, 1, "external", -1_001),
         ]
     assert verify(db).ok
+
+
+def test_keys_met_one_lookup_at_a_time_are_all_remembered(tmp_path: Path) -> None:
+    """Regression (found by hypothesis, hung CI): a group planned against the group ahead
+    took r1 from it and r5 as new; r5 was on disk, and the replan, no longer seeing the
+    group ahead, took r1 as new, whose lookup then forgot r5: the two took turns forever."""
+    db = tmp_path / "l.db"
+    # (ref, amount, yield to the loop after submitting): the shrunk failing example.
+    plan = [(5, 1, True), (3, 2, False), (5, 1, False), (4, 2, True)]
+    plan += [(5, 1, True), (1, 1, False), (1, 1, True), (5, 1, True)]
+
+    async def body(ledger: Ledger) -> list[Receipt]:
+        futs = []
+        for ref, amount, yield_now in plan:
+            futs.append(ledger.submit_nowait(pay(f"r{ref}", amount)))
+            if yield_now:
+                await asyncio.sleep(0)
+        return list(await asyncio.wait_for(asyncio.gather(*futs), 10))
+
+    receipts = with_ledger(db, body, batch_max=3, batch_ms=0.5)
+    first = {r.key: r.seq for r in receipts if not r.existed}
+    assert sorted(first) == ["pay:r1", "pay:r3", "pay:r4", "pay:r5"]
+    assert all(r.seq == first[r.key] for r in receipts)
+    assert [r.existed for r in receipts[-2:]] == [True, True]
+    assert count(db, "SELECT COUNT(*) FROM transactions") == 4
+    assert verify(db).ok
