@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,16 +89,25 @@ class _Children:
         return self._next
 
 
-def verify(path: str | os.PathLike[str]) -> VerifyReport:
-    """Walk the whole chain of the ledger at `path` (read-only) and report the first fault."""
+Progress = Callable[[int, int], None]
+PROGRESS_EVERY = 10_000
+"""Transactions between two calls of verify's `progress(done, total)`."""
+
+
+def verify(path: str | os.PathLike[str], progress: Progress | None = None) -> VerifyReport:
+    """Walk the whole chain of the ledger at `path` (read-only) and report the first fault.
+
+    `progress(done, total)` is called every PROGRESS_EVERY transactions and at the end of a
+    good walk (total: the head seq of the snapshot).
+    """
     with snapshot(path) as conn:
-        return _walk(conn)
+        return _walk(conn, progress)
 
 
-def _walk(conn: sqlite3.Connection) -> VerifyReport:
+def _walk(conn: sqlite3.Connection, progress: Progress | None = None) -> VerifyReport:
     counts: dict[str, Any] = {"tx": 0, "postings": 0, "checkpoints": 0}
     try:
-        _walk_chain(conn, counts)
+        _walk_chain(conn, counts, progress)
     except _Bad as bad:
         return VerifyReport(
             False,
@@ -120,8 +129,11 @@ def _walk(conn: sqlite3.Connection) -> VerifyReport:
     )
 
 
-def _walk_chain(conn: sqlite3.Connection, counts: dict[str, Any]) -> None:
+def _walk_chain(
+    conn: sqlite3.Connection, counts: dict[str, Any], progress: Progress | None
+) -> None:
     prev_hex, last_seq = GENESIS_HASH, 0
+    head = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM transactions").fetchone()[0])
     postings = _Children(
         "postings", conn.execute("SELECT seq, idx, account, amount FROM postings ORDER BY seq, idx")
     )
@@ -183,6 +195,8 @@ def _walk_chain(conn: sqlite3.Connection, counts: dict[str, Any]) -> None:
         counts["postings"] += len(p_rows)
         counts["head_seq"], counts["head_hash"] = seq, link
         prev_hex, last_seq = link, seq
+        if progress is not None and seq % PROGRESS_EVERY == 0:
+            progress(seq, head)
     for table in (postings, calls, pays):
         row = table.leftover()
         if row is not None:
@@ -202,6 +216,8 @@ def _walk_chain(conn: sqlite3.Connection, counts: dict[str, Any]) -> None:
             last_seq,
             f"rate row ({plan}, {prefix}, {since}) priced a call but is missing from used_rates",
         )
+    if progress is not None:
+        progress(last_seq, head)
 
 
 def _check_shape(seq: int, kind: TxKind, postings: int, calls: int, pays: int) -> None:

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmgated.commands")
 ONLINE_WINDOW_US = 300 * 1_000_000  # a client that carried a call in the last 5 min is online
+REPLAY_IDLE_S = 600.0
+"""A replay session with no chunk for this long is dropped (its CLI died or was interrupted):
+its tracker's open dialogs are discarded unbilled; running the replay again bills them, and
+what the first run committed comes back as already billed (keys are the calls' ids)."""
 Handler = Callable[[dict[str, Any], Callable[[int, int], None]], Awaitable[object]]
 
 
@@ -49,6 +53,16 @@ class ReplaySession:
     pipeline: Pipeline
     submitted: list[Transaction] = field(default_factory=list)
     last_ts: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
+def reap_replays(replays: dict[str, ReplaySession], now: float,
+                 idle_s: float = REPLAY_IDLE_S) -> list[str]:
+    """Drop the sessions idle for `idle_s` or more; their ids, for the log."""
+    gone = [sid for sid, session in replays.items() if now - session.touched >= idle_s]
+    for sid in gone:
+        del replays[sid]
+    return gone
 
 
 class Commands:
@@ -299,6 +313,8 @@ class Commands:
     ) -> object:
         """Start a replay session with its own tracker."""
         app = self.app
+        for sid in reap_replays(self.replays, time.monotonic()):
+            log.warning("replay session %s idle for %.0f s: dropped", sid, REPLAY_IDLE_S)
         session_id = f"r{time.time_ns()}"
         session = ReplaySession(pipeline=Pipeline(
             app.pipeline.runtime,
@@ -314,7 +330,7 @@ class Commands:
         self, args: dict[str, Any], progress: Callable[[int, int], None]
     ) -> object:
         """Feed a chunk of captured datagrams: `hep` items or raw `sip` with ts/src/dst."""
-        session = self.replays[str(args["session"])]
+        session = self._replay(args)
         for item in args.get("items", []):
             payload = base64.b64decode(item["data"])
             if item.get("hep"):
@@ -329,12 +345,22 @@ class Commands:
         self, args: dict[str, Any], progress: Callable[[int, int], None]
     ) -> object:
         """Close what the capture left open (as the live daemon would) and commit it all."""
-        session = self.replays.pop(str(args["session"]))
+        session = self._replay(args)
+        del self.replays[str(args["session"])]
         horizon = session.last_ts + self.app.config.calls.max_duration_us + 3_600_000_000
         session.pipeline.expire(horizon)
         result = await self._flush_replay(session)
         result["active_left"] = len(session.pipeline.tracker)
         return result
+
+    def _replay(self, args: dict[str, Any]) -> ReplaySession:
+        sid = str(args.get("session"))
+        session = self.replays.get(sid)
+        if session is None:
+            raise CommandError(f"no replay session {sid!r} (it ended, or was idle for "
+                               f"{REPLAY_IDLE_S:.0f} s and dropped); run the replay again")
+        session.touched = time.monotonic()
+        return session
 
     async def _flush_replay(self, session: ReplaySession) -> dict[str, Any]:
         billed = existed = 0

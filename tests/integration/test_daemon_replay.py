@@ -10,6 +10,8 @@ import pytest
 from sipcalls import Env, make_env
 
 from rating.units import format_time
+from vmgated import control
+from vmgated.commands import REPLAY_IDLE_S, ReplaySession, reap_replays
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 HEP_FILE = DATA / "kamailio_answered.hep"
@@ -69,3 +71,22 @@ def test_replay_of_a_missing_or_garbage_file_is_refused_cleanly(env: Env, tmp_pa
     junk.write_bytes(b"\x00garbage" * 10)
     out = env.ctl("replay", str(junk), check=False)
     assert out.returncode == 1 and "junk.bin" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_chunk_for_an_unknown_or_ended_session_gets_a_clear_error(env: Env) -> None:
+    sock = env.dir / "var" / "control.sock"
+    sid = control.call(sock, "replay_begin", {})["session"]
+    assert control.call(sock, "replay_end", {"session": sid})["billed"] == 0
+    for cmd in ("replay_chunk", "replay_end"):
+        with pytest.raises(control.ControlError, match=f"no replay session '{sid}'"):
+            control.call(sock, cmd, {"session": sid, "items": []})
+    assert env.ctl_json("status")["active_calls"] == 0  # and the daemon serves on
+
+
+def test_idle_replay_sessions_are_reaped_and_live_ones_kept() -> None:
+    live = ReplaySession(pipeline=None, touched=1000.0)  # type: ignore[arg-type]
+    idle = ReplaySession(pipeline=None, touched=1000.0 - REPLAY_IDLE_S)  # type: ignore[arg-type]
+    sessions = {"live": live, "idle": idle}
+    assert reap_replays(sessions, now=1000.0) == ["idle"]
+    assert sessions == {"live": live}
+    assert reap_replays(sessions, now=1000.0 + REPLAY_IDLE_S - 1) == []

@@ -448,7 +448,11 @@ def run_verify(args: argparse.Namespace) -> int:
     """Recompute the chain, zero-sums and balances; exit 1 on the first bad seq."""
     config = locate(args) if args.state_dir is None else None
     path = _ledger_path(config, args.state_dir) if config else args.state_dir / "ledger.db"
-    report = verify(path)
+    bar = Progress("verify")
+    try:
+        report = verify(path, progress=bar)
+    finally:
+        bar.close()
     if args.json:
         print_json({"ok": report.ok, "transactions": report.transactions,
                     "postings": report.postings, "checkpoints": report.checkpoints,
