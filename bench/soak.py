@@ -37,8 +37,25 @@ from tests.e2e.stack import SipStack  # noqa: E402
 
 NUMBER = "442071234567"
 CAPTURE_ID = 2001
-FIELDS = ("t_s", "rss_mb", "cpu_pct", "queue_depth", "udp_drops", "non_ok_packets",
+FIELDS = ("t_s", "rss_mb", "rss_anon_mb", "rss_file_mb", "rss_shmem_mb", "cpu_pct",
+          "queue_depth", "udp_drops", "non_ok_packets",
           "calls_in_ledger", "calls_per_s", "sipp_successful", "sipp_failed", "load1")
+
+
+def rss_parts(pid: int) -> dict[str, float]:
+    """RSS split as the kernel counts it: heap (anon), mapped files, shared memory (MB).
+
+    The split tells a Python/SQLite heap that grows (anon) from SQLite's WAL index, which is
+    a shared mapping of the `-shm` file and grows with the WAL (file/shmem).
+    """
+    parts = {"RssAnon": "rss_anon_mb", "RssFile": "rss_file_mb", "RssShmem": "rss_shmem_mb"}
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in parts:
+                out[parts[key]] = round(int(value.split()[0]) / 1024, 1)
+    return out
 
 
 def scrape(port: int) -> str:
@@ -91,7 +108,6 @@ def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = [r["t_s"] / 60 for r in rows]
     # sipp rewrites its stat file every ~10 s, out of step with the samples (a per-sample
     # delta reads 250 then 1000): its rate is taken over a sliding 60 s window.
     for i, r in enumerate(rows):
@@ -99,10 +115,10 @@ def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
         if i > j:
             r["sipp_rate"] = ((r["sipp_successful"] - rows[j]["sipp_successful"])
                               / (r["t_s"] - rows[j]["t_s"]))
-    t_sipp = [r["t_s"] / 60 for r in rows if "sipp_rate" in r]
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     panels = [
-        ("vmgated RSS (MB)", [("rss_mb", "RSS")]),
+        ("vmgated RSS (MB)", [("rss_mb", "RSS"), ("rss_anon_mb", "anon (heap)"),
+                              ("rss_file_mb", "file"), ("rss_shmem_mb", "shmem")]),
         ("ledger queue depth", [("queue_depth", "vmgated_ledger_queue_depth")]),
         ("drops (cumulative)", [("udp_drops", "kernel (udp_receive_errors)"),
                                 ("non_ok_packets", "packets_total non-ok")]),
@@ -110,8 +126,11 @@ def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
     ]
     for ax, (label, series) in zip(axes, panels, strict=True):
         for key, name in series:
-            xs = t_sipp if key == "sipp_rate" else t
-            ys = [r[key] for r in rows if key in r]
+            have = [r for r in rows if r.get(key, "") != ""]  # CSVs from before a column
+            if not have:
+                continue
+            xs = [r["t_s"] / 60 for r in have]
+            ys = [r[key] for r in have]
             ax.plot(xs, ys, marker=".", label=name)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -140,7 +159,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.replot:
         with open(args.replot, newline="") as f:
-            old_rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+            old_rows = [{k: float(v) for k, v in r.items() if v != ""}
+                        for r in csv.DictReader(f)]
         plot(old_rows, Path(args.out).with_suffix(".png"), args.title or (
             f"vmgated soak ({args.replot}): sipp {args.rate:g} calls/s, -d {args.duration_ms} "
             "via Kamailio 5.6 siptrace HEPv3; 2-core sandbox"))
@@ -197,6 +217,7 @@ def main() -> None:
                             "calls_per_s": round((n - prev_calls) / (now - prev_t), 1),
                             "sipp_successful": ok, "sipp_failed": failed,
                             "load1": os.getloadavg()[0],
+                            **rss_parts(proc.pid),
                         }
                         prev_calls, prev_t = n, now
                         rows.append(row)
