@@ -1,7 +1,7 @@
 """Soak: sipp → Kamailio (siptrace HEPv3) → vmgated for a bounded time, sampled every 10 s.
 
     /work/venv/bin/python bench/soak.py [--minutes 10] [--rate 500] [--duration-ms 1000]
-                                        [--out bench/soak] [--kamailio-shm 256]
+                                        [--out bench/soak] [--kamailio-shm 512]
 
 A real vmgated (tenant of tests/e2e/daemon.py: trunk 127.0.0.11, client 127.0.0.21), Debian's
 Kamailio 5.6 relaying to a sipp UAS and tracing every transaction to vmgated as HEPv3, and a
@@ -152,7 +152,7 @@ def main() -> None:
     ap.add_argument("--duration-ms", type=int, default=1000, help="sipp -d (answered time)")
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of the run")
-    ap.add_argument("--kamailio-shm", type=int, default=256, help="Kamailio -m (MB)")
+    ap.add_argument("--kamailio-shm", type=int, default=512, help="Kamailio -m (MB)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "soak"))
     ap.add_argument("--replot", metavar="CSV", help="only redraw OUT.png from a CSV")
     ap.add_argument("--title", help="plot title for --replot")
