@@ -35,7 +35,7 @@ from ledger.errors import (
     SchemaError,
 )
 from ledger.model import CallEntry, Receipt, Transaction
-from ledger.writer import CommitHook, Writer
+from ledger.writer import WAL_CHECKPOINT_EVERY, WAL_SIZE_LIMIT, CommitHook, Writer
 
 __all__ = [
     "InvalidTransaction",
@@ -251,6 +251,7 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA recursive_triggers=ON")
     # WAL checkpoints are run by the writer's side thread, never inside a commit.
     conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
 class _Opened:
@@ -305,11 +306,19 @@ class Ledger:
         batch_ms: float = 5.0,
         queue_max: int = 100_000,
         checkpoint_every: int = 100_000,
+        wal_checkpoint_every: int = WAL_CHECKPOINT_EVERY,
     ) -> Ledger:
         """Create or migrate the file, rebuild the balances and start the writer task."""
-        if batch_max < 1 or queue_max < 1 or batch_ms < 0 or checkpoint_every < 1:
+        if (
+            batch_max < 1
+            or queue_max < 1
+            or batch_ms < 0
+            or checkpoint_every < 1
+            or wal_checkpoint_every < 1
+        ):
             raise ValueError(
-                "Ledger.open: batch_max, queue_max and checkpoint_every must be ≥ 1, batch_ms ≥ 0"
+                "Ledger.open: batch_max, queue_max, checkpoint_every and wal_checkpoint_every "
+                "must be ≥ 1, batch_ms ≥ 0"
             )
         spath = os.fspath(path)
         opened = await asyncio.to_thread(_Opened, spath)
@@ -318,6 +327,7 @@ class Ledger:
             await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA recursive_triggers=ON")
             await conn.execute("PRAGMA wal_autocheckpoint=0")
+            await conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             await conn.set_authorizer(append_only_authorizer)
         except BaseException:
             await conn.close()
@@ -333,6 +343,7 @@ class Ledger:
             batch_ms=batch_ms,
             queue_max=queue_max,
             checkpoint_every=checkpoint_every,
+            wal_checkpoint_every=wal_checkpoint_every,
         )
         writer.start()
         return cls(spath, opened, writer)
