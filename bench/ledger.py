@@ -22,6 +22,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,15 +53,18 @@ def _leg(party: Party, amount: int) -> Leg:
     )
 
 
-def make_calls(n: int) -> list[Transaction]:
-    """n rated three-leg call transactions (4 postings each)."""
-    return [tx.call_tx(entry, "USD", T0 + i) for i, entry in enumerate(make_entries(n))]
+def make_calls(n: int, start: int = 0) -> list[Transaction]:
+    """n rated three-leg call transactions (4 postings each), numbered from `start`."""
+    return [
+        tx.call_tx(entry, "USD", T0 + start + i)
+        for i, entry in enumerate(make_entries(n, start))
+    ]
 
 
-def make_entries(n: int) -> list[CallEntry]:
-    """n rated three-leg calls over 50 customers and 200 clients."""
+def make_entries(n: int, start: int = 0) -> list[CallEntry]:
+    """n rated three-leg calls over 50 customers and 200 clients, numbered from `start`."""
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         legs = (
             _leg(Party.CUSTOMER, 42_700),
             _leg(Party.VMGATECLIENT, 30_500),
@@ -125,17 +129,22 @@ async def through_writer(
     return elapsed, latencies
 
 
-def raw_executemany(path: str, txs: list[Transaction], group: int = 2000) -> float:
-    """Seconds to insert the same rows with plain sqlite3 executemany, one COMMIT per group."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    configure(conn)
-    migrate(conn)
-    prev = bytes(32)
-    rows_tx, rows_p, rows_c, rows_y = [], [], [], []
-    for seq, t in enumerate(txs, 1):
+class Rows(NamedTuple):
+    """The rows the writer would write for some transactions, chained."""
+
+    tx: list[tuple[object, ...]]
+    postings: list[tuple[object, ...]]
+    calls: list[tuple[object, ...]]
+    payments: list[tuple[object, ...]]
+
+
+def chain_rows(txs: list[Transaction], seq0: int, prev: bytes) -> tuple[Rows, bytes]:
+    """Encode and hash-chain `txs` as seqs seq0+1…; their rows and the last hash."""
+    rows = Rows([], [], [], [])
+    for seq, t in enumerate(txs, seq0 + 1):
         enc = encode(t)
         link = chain_hash(prev, seq, t.created, enc.digest)
-        rows_tx.append(
+        rows.tx.append(
             (
                 seq,
                 t.key,
@@ -148,35 +157,57 @@ def raw_executemany(path: str, txs: list[Transaction], group: int = 2000) -> flo
                 link.hex(),
             )
         )
-        rows_p.extend((seq, i, a, m) for i, (a, m) in enumerate(enc.postings))
+        rows.postings.extend((seq, i, a, m) for i, (a, m) in enumerate(enc.postings))
         if enc.call_row is not None:
-            rows_c.append((seq, *enc.call_row))
+            rows.calls.append((seq, *enc.call_row))
         if enc.payment_row is not None:
-            rows_y.append((seq, *enc.payment_row))
+            rows.payments.append((seq, *enc.payment_row))
         prev = link
-    call_sql = (
-        f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
-        f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
-    )
-    pay_sql = (
-        f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
-        f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
-    )
+    return rows, prev
+
+
+_CALL_SQL = (
+    f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
+    f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
+)
+_PAY_SQL = (
+    f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
+    f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
+)
+
+
+def insert_rows(conn: sqlite3.Connection, rows: Rows) -> None:
+    """One SQLite transaction: executemany per table, COMMIT."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.tx)
+    conn.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", rows.postings)
+    conn.executemany(_CALL_SQL, rows.calls)
+    conn.executemany(_PAY_SQL, rows.payments)
+    conn.execute("COMMIT")
+
+
+def open_raw(path: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection on a new ledger file (the store's pragmas and schema)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    configure(conn)
+    migrate(conn)
+    return conn
+
+
+def raw_executemany(path: str, txs: list[Transaction], group: int = 2000) -> float:
+    """Seconds to insert the same rows with plain sqlite3 executemany, one COMMIT per group.
+
+    Rows are encoded and chained before the clock starts: this is SQLite's floor alone.
+    """
+    conn = open_raw(path)
+    groups = []
+    prev = bytes(32)
+    for lo in range(0, len(txs), group):
+        rows, prev = chain_rows(txs[lo : lo + group], lo, prev)
+        groups.append(rows)
     started = time.perf_counter()
-    per_tx = {r[0]: r for r in rows_tx}
-    for lo in range(1, len(txs) + 1, group):
-        hi = lo + group
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [per_tx[s] for s in range(lo, min(hi, len(txs) + 1))],
-        )
-        conn.executemany(
-            "INSERT INTO postings VALUES (?, ?, ?, ?)", [r for r in rows_p if lo <= r[0] < hi]
-        )
-        conn.executemany(call_sql, [r for r in rows_c if lo <= r[0] < hi])
-        conn.executemany(pay_sql, [r for r in rows_y if lo <= r[0] < hi])
-        conn.execute("COMMIT")
+    for rows in groups:
+        insert_rows(conn, rows)
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed
