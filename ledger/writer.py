@@ -247,15 +247,17 @@ def rewind_wal(db: sqlite3.Connection) -> bool:
     again. The next commit then writes the WAL from its start (truncated to
     `journal_size_limit`).
     """
-    (was,) = db.execute("PRAGMA busy_timeout").fetchone()
-    db.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
+    # Never raises: a failed rewind must not stop the writer, only leave the WAL longer.
     try:
-        busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        (was,) = db.execute("PRAGMA busy_timeout").fetchone()
+        db.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={int(was)}")
     except sqlite3.Error:
         log.exception("ledger: WAL rewind failed (the next checkpoint tries again)")
         return False
-    finally:
-        db.execute(f"PRAGMA busy_timeout={int(was)}")
     if busy:
         log.debug("ledger: WAL not rewound (readers on older snapshots); next checkpoint")
     return not busy

@@ -11,11 +11,15 @@ import asyncio
 import os
 import sqlite3
 import struct
+import time
 from pathlib import Path
+
+import pytest
 
 from ledger import transactions as txs
 from ledger.store import Ledger
 from ledger.verify import verify
+from ledger.writer import copy_wal, rewind_wal
 
 T0 = 1_795_379_849_000_000
 EVERY = 200  # transactions between WAL checkpoints, small so the test is quick
@@ -72,3 +76,51 @@ def test_wal_is_rewound_under_continuous_writes(tmp_path: Path) -> None:
     assert max(sizes) < 20 << 20, max(sizes)
     report = verify(str(path))
     assert report.ok and report.head_seq == n
+
+
+def _wal_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("CREATE TABLE t (x INTEGER)")
+    for i in range(50):
+        db.execute("INSERT INTO t VALUES (?)", (i,))
+    return db
+
+
+def test_rewind_restarts_the_wal_and_restores_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    db = _wal_db(path)
+    before = _wal_resets(path)
+    copy_wal(str(path))
+    assert rewind_wal(db) is True
+    db.execute("INSERT INTO t VALUES (0)")  # the first write after a rewind restarts the WAL
+    assert _wal_resets(path) == before + 1
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    db.close()
+
+
+def test_rewind_gives_up_quickly_while_a_reader_holds_an_old_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    db = _wal_db(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # snapshot taken, kept open
+    db.execute("INSERT INTO t VALUES (1)")  # so the reader's snapshot is an old one
+    started = time.monotonic()
+    assert rewind_wal(db) is False
+    assert time.monotonic() - started < 1.0  # WAL_RESTART_WAIT_MS, not the 5 s timeout
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    reader.execute("COMMIT")
+    assert rewind_wal(db) is True
+    reader.close()
+    db.close()
+
+
+def test_rewind_on_a_broken_connection_reports_instead_of_raising(tmp_path: Path) -> None:
+    db = _wal_db(tmp_path / "w.db")
+    db.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        db.execute("SELECT 1")  # closed: every call raises
+    assert rewind_wal(db) is False
