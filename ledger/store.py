@@ -17,7 +17,8 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import cast
 
 import aiosqlite
 
@@ -249,7 +250,8 @@ def configure(conn: sqlite3.Connection) -> None:
     # A REPLACE conflict deletes rows without a DELETE statement; recursive triggers make
     # the DELETE guard fire for it too.
     conn.execute("PRAGMA recursive_triggers=ON")
-    # WAL checkpoints are run by the writer's side thread, never inside a commit.
+    # WAL checkpoints are the writer's (copied on a side thread, rewound between groups),
+    # never inside a commit.
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
@@ -324,10 +326,9 @@ class Ledger:
         opened = await asyncio.to_thread(_Opened, spath)
         conn = await aiosqlite.connect(spath, isolation_level=None)
         try:
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA recursive_triggers=ON")
-            await conn.execute("PRAGMA wal_autocheckpoint=0")
-            await conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            # The same pragmas as every write connection, run on aiosqlite's own thread.
+            run = cast(Callable[..., Awaitable[None]], conn._execute)
+            await run(configure, conn._conn)
             await conn.set_authorizer(append_only_authorizer)
         except BaseException:
             await conn.close()
