@@ -126,7 +126,7 @@ def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
     ]
     for ax, (label, series) in zip(axes, panels, strict=True):
         for key, name in series:
-            have = [r for r in rows if r.get(key, "") != ""]  # CSVs from before a column
+            have = [r for r in rows if key in r]  # an older CSV lacks the RSS split
             if not have:
                 continue
             xs = [r["t_s"] / 60 for r in have]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ledger import transactions as txs
-from ledger.store import Ledger
+from ledger.store import Ledger, configure
 from ledger.verify import verify
 from ledger.writer import copy_wal, rewind_wal
 
@@ -80,8 +80,7 @@ def test_wal_is_rewound_under_continuous_writes(tmp_path: Path) -> None:
 
 def _wal_db(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA wal_autocheckpoint=0")
+    configure(db)  # the ledger writer's pragmas: WAL, no autocheckpoint, size limit
     db.execute("PRAGMA busy_timeout=5000")
     db.execute("CREATE TABLE t (x INTEGER)")
     for i in range(50):
