@@ -71,6 +71,20 @@ def templates() -> list[list[hep.HepPacket]]:
     return list(calls.values())
 
 
+def rewrite(payload: bytes, token: bytes) -> bytes:
+    """A recorded SIP message made a new call's: Call-ID, tags and branches carry `token`."""
+    for pid in _SIPP_PIDS:
+        payload = payload.replace(pid, token)
+    payload = _BRANCH.sub(b"branch=z9hG4bK" + token + b"x", payload)
+    # sipp dials "service"; a real E.164 number makes every call go through rating.
+    return payload.replace(b"service", NUMBER)
+
+
+def call_id_of(template: int, prefix: str, i: int) -> str:
+    """The Call-ID `rewrite` gives call `i` made from recorded call number `template`."""
+    return f"{template + 1}-{prefix}{i:x}@127.0.0.11"
+
+
 def build_stream(prefix: str, rate: int, seconds: float, t0_us: int) -> tuple[
         list[bytes], list[int], list[str]]:
     """Datagrams in send order, the stream index of each call's first BYE, and the Call-IDs."""
@@ -87,18 +101,13 @@ def build_stream(prefix: str, rate: int, seconds: float, t0_us: int) -> tuple[
         first = call[0].ts_us
         seen_bye = False
         for pkt in call:
-            payload = pkt.payload
-            for pid in _SIPP_PIDS:
-                payload = payload.replace(pid, token)
-            payload = _BRANCH.sub(b"branch=z9hG4bK" + token + b"x", payload)
-            # sipp dials "service"; a real E.164 number makes every call go through rating.
-            payload = payload.replace(b"service", NUMBER)
+            payload = rewrite(pkt.payload, token)
             is_bye = payload.startswith(b"BYE ") and not seen_bye
             seen_bye = seen_bye or is_bye
             ts = base + pkt.ts_us - first
             data = hep.encode(payload, pkt.src, pkt.dst, ts, capture_id=pkt.capture_id)
             timed.append((ts, i, data, is_bye))
-        call_ids.append(f"{i % len(tmpl) + 1}-{prefix}{i:x}@127.0.0.11")
+        call_ids.append(call_id_of(i % len(tmpl), prefix, i))
     timed.sort(key=lambda t: (t[0], t[1]))
     byes = [0] * ncalls
     for idx, (_, i, _, is_bye) in enumerate(timed):
@@ -116,6 +125,24 @@ def send(port: int, rate: int, seconds: float, prefix: str, out: str, raw_count:
         # Timestamps start 2 s ahead: building the stream takes about that long.
         packets, byes, call_ids = build_stream(prefix, rate, seconds,
                                                time.time_ns() // 1000 + 2_000_000)
+    bursts, elapsed = paced_send(port, packets, rate)
+    n = len(packets)
+    # The BYE at stream index k left during the first burst whose cumulative count passed k.
+    bye_times: dict[str, float] = {}
+    b = 0
+    for call_id, k in sorted(zip(call_ids, byes, strict=True), key=lambda t: t[1]):
+        while bursts[b][0] <= k:
+            b += 1
+        bye_times[call_id] = bursts[b][1]
+    Path(out).write_text(json.dumps({"packets": n, "calls": len(call_ids), "elapsed": elapsed,
+                                     "bye_times": bye_times}))
+
+
+def paced_send(port: int, packets: list[bytes], rate: int) -> tuple[list[tuple[int, float]], float]:
+    """Send `packets` to 127.0.0.1:port in 1 ms bursts at `rate` per second (0: unpaced).
+
+    Returns (packets sent so far, wall time) after each burst, and the seconds it took.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.connect(("127.0.0.1", port))
@@ -141,15 +168,8 @@ def send(port: int, rate: int, seconds: float, prefix: str, out: str, raw_count:
             if delay > 0:
                 time.sleep(delay)
     elapsed = time.perf_counter() - start
-    # The BYE at stream index k left during the first burst whose cumulative count passed k.
-    bye_times: dict[str, float] = {}
-    b = 0
-    for call_id, k in sorted(zip(call_ids, byes, strict=True), key=lambda t: t[1]):
-        while bursts[b][0] <= k:
-            b += 1
-        bye_times[call_id] = bursts[b][1]
-    Path(out).write_text(json.dumps({"packets": n, "calls": len(call_ids), "elapsed": elapsed,
-                                     "bye_times": bye_times}))
+    sock.close()
+    return bursts, elapsed
 
 
 def run_sender(port: int, rate: int, seconds: float, prefix: str, raw_count: int = 0

@@ -1,0 +1,249 @@
+"""Memory with many calls in progress: vmgated's RSS with N answered calls active (SPEC §10).
+
+    /work/venv/bin/python bench/active.py [--calls 100000] [--rate 25000] [--hold 120]
+
+Starts a real vmgated (`python -m vmgated.main`, own tmp state dir, the tenant of
+tests/e2e/daemon.py) and sends, from this process, the first eight HEP packets of N calls
+made from the recorded Kamailio capture (tests/data/kamailio_answered.hep, rewritten per call
+as bench/e2e.py does: INVITE in and out of the proxy, 100, 180 ×2, 200 ×2, ACK), paced at
+--rate packets/s. Every call is then answered and none has ended: N active calls. The bench
+waits until `vmgated_active_calls` reads N and the daemon has written a dialog snapshot with
+all of them (the snapshot is the biggest transient allocation), samples RSS, then sends every
+call's BYE ×2 and 200 ×2 and waits until all N are in the ledger, each once, with the billsec
+its timestamps give. RSS is sampled every second from /proc/PID/status (VmRSS split into
+RssAnon and RssFile, and the peak VmHWM).
+
+Baseline in the same run: a second Python process that keeps, per call, only the two INVITE
+datagrams in a dict keyed by Call-ID — the memory of a naive tracker that holds each call's
+INVITE until the call ends, against vmgated's whole daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from e2e import call_id_of, paced_send, rewrite, scrape, templates
+
+from ledger.reports import connect_ro
+from sip import hep
+from tests.e2e.daemon import Vmgated, free_port, metric_value, write_config
+
+SETUP = 8  # packets of a recorded call before its first BYE
+
+
+def rss(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile and VmHWM of a process, in kB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+class Streams(NamedTuple):
+    """What the bench sends and what the ledger must then hold."""
+
+    setup: list[bytes]  # every call's first eight datagrams, in time order
+    teardown: list[bytes]  # the rest (BYE ×2, 200 ×2), in time order
+    billsec: dict[str, int]  # by Call-ID, from the timestamps of the answer and the BYE
+    invites: list[tuple[str, bytes]]  # (Call-ID, datagram) of every INVITE, for the baseline
+
+
+def streams(ncalls: int, cps: float, t0_us: int, hold_us: int, prefix: str) -> Streams:
+    """The datagrams of `ncalls` calls made from the recording, split before the first BYE.
+
+    Call i starts at t0 + i/cps; its teardown comes `hold_us` later than the recording's.
+    """
+    tmpl = templates()
+    setup: list[tuple[int, bytes]] = []
+    teardown: list[tuple[int, bytes]] = []
+    billsec: dict[str, int] = {}
+    invites: list[tuple[str, bytes]] = []
+    for i in range(ncalls):
+        which = i % len(tmpl)
+        call = tmpl[which]
+        token = f"{prefix}{i:x}".encode()
+        base = t0_us + int(i * 1_000_000 / cps) - call[0].ts_us
+        cid = call_id_of(which, prefix, i)
+        answer = end = 0
+        for n, pkt in enumerate(call):
+            payload = rewrite(pkt.payload, token)
+            ts = base + pkt.ts_us + (hold_us if n >= SETUP else 0)
+            if not answer and payload.startswith(b"SIP/2.0 200 "):
+                answer = ts
+            if not end and payload.startswith(b"BYE "):
+                end = ts
+            data = hep.encode(payload, pkt.src, pkt.dst, ts, capture_id=pkt.capture_id)
+            if payload.startswith(b"INVITE "):
+                invites.append((cid, data))
+            (setup if n < SETUP else teardown).append((ts, data))
+        billsec[cid] = -(-(end - answer) // 1_000_000)  # what CallRecord.billsec computes
+    setup.sort(key=lambda t: t[0])
+    teardown.sort(key=lambda t: t[0])
+    return Streams([d for _, d in setup], [d for _, d in teardown], billsec, invites)
+
+
+def naive_baseline(invites: list[tuple[str, bytes]]) -> int:
+    """kB a bare Python process grows by when it holds these INVITE datagrams by Call-ID."""
+    code = (
+        "import json, sys, pathlib\n"
+        "def rss():\n"
+        "    for l in pathlib.Path('/proc/self/status').read_text().splitlines():\n"
+        "        if l.startswith('VmRSS:'): return int(l.split()[1])\n"
+        "pairs = json.loads(sys.stdin.read())\n"
+        "before = rss()\n"
+        "held = {}\n"
+        "for cid, hexdata in pairs:\n"
+        "    held.setdefault(cid, []).append(bytes.fromhex(hexdata))\n"
+        "del pairs\n"
+        "import gc; gc.collect()\n"
+        "print(rss() - before)\n"
+    )
+    payload = json.dumps([(c, d.hex()) for c, d in invites])
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+class Sampler(threading.Thread):
+    """Samples the daemon's memory every second."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        while not self.stop_flag.wait(1.0):
+            self.samples.append((time.monotonic() - t0, rss(self.pid)))
+
+
+def wait_for(what: str, check: object, timeout: float) -> None:
+    """Poll `check()` every 0.5 s until it is true; fail loudly after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    """Fill the daemon with active calls, measure, end them, check the ledger."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=100_000)
+    ap.add_argument("--rate", type=int, default=25_000, help="HEP packets/s while sending")
+    ap.add_argument("--hold", type=float, default=120.0, help="seconds added to each call")
+    args = ap.parse_args()
+    n = args.calls
+    cps = args.rate / SETUP
+    t0 = time.time_ns() // 1000 + 2_000_000
+    print(f"building {n:,} calls ...", flush=True)
+    setup, teardown, billsec, invites = streams(n, cps, t0, int(args.hold * 1e6), "a")
+
+    with tempfile.TemporaryDirectory(prefix="vmgated-active-") as tmp:
+        d = Path(tmp)
+        hep_port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
+        cfg = write_config(d, hep_port=hep_port, metrics_port=metrics_port, capture_id=101)
+        daemon = Vmgated(cfg).start()
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        sampler = Sampler(pid)
+        try:
+            time.sleep(2)
+            idle = rss(pid)
+            sampler.start()
+            print(f"idle: {idle}", flush=True)
+            _, took = paced_send(hep_port, setup, args.rate)
+            print(f"setup: {len(setup):,} packets in {took:.1f} s", flush=True)
+
+            def active() -> int:
+                value = metric_value(scrape(metrics_port), "vmgated_active_calls")
+                return int(float(value or 0))
+
+            wait_for(f"{n} active calls", lambda: active() >= n, 120)
+            snap = d / "var" / "dialogs" / "snapshot"
+            seen = snap.stat().st_mtime if snap.exists() else 0.0
+            wait_for(
+                "a dialog snapshot with every call",
+                lambda: snap.exists() and snap.stat().st_mtime > seen,
+                120,
+            )
+            time.sleep(3)
+            full = rss(pid)
+            metrics = scrape(metrics_port)
+            drops = metric_value(metrics, "vmgated_udp_receive_errors_total")
+            print(f"{active():,} active: {full}, kernel drops {drops}", flush=True)
+
+            _, took = paced_send(hep_port, teardown, args.rate)
+            print(f"teardown: {len(teardown):,} packets in {took:.1f} s", flush=True)
+            ledger = d / "var" / "ledger.db"
+
+            def billed() -> int:
+                conn = connect_ro(ledger)
+                try:
+                    return int(conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+                finally:
+                    conn.close()
+
+            wait_for(f"{n} calls in the ledger", lambda: billed() >= n, 300)
+            time.sleep(2)
+            ended = rss(pid)
+        finally:
+            sampler.stop_flag.set()
+            daemon.stop()
+        conn = connect_ro(ledger)
+        rows = conn.execute("SELECT call_id, billsec FROM calls").fetchall()
+        conn.close()
+        snap_size = snap.stat().st_size if snap.exists() else 0
+
+    got: dict[str, list[int]] = {}
+    for cid, secs in rows:
+        got.setdefault(cid, []).append(secs)
+    missing = [c for c in billsec if c not in got]
+    twice = [c for c, v in got.items() if len(v) > 1]
+    wrong = [c for c, v in got.items() if c in billsec and v[0] != billsec[c]]
+    naive = naive_baseline(invites)
+    peak = max(s["VmHWM"] for _, s in sampler.samples) if sampler.samples else full["VmHWM"]
+
+    mb = 1024
+    print()
+    print("| measure | vmgated | naive baseline: the INVITEs in a dict |")
+    print("| --- | ---: | ---: |")
+    print(f"| RSS idle (no call) | {idle['VmRSS'] / mb:.1f} MB | – |")
+    print(
+        f"| RSS with {n:,} answered calls active | **{full['VmRSS'] / mb:.1f} MB** "
+        f"(anon {full['RssAnon'] / mb:.1f}, file {full['RssFile'] / mb:.1f}) | – |"
+    )
+    grow = full["VmRSS"] - idle["VmRSS"]
+    print(
+        f"| growth for {n:,} active calls | {grow / mb:.1f} MB ({grow * 1024 / n:,.0f} B/call) "
+        f"| {naive / mb:.1f} MB ({naive * 1024 / n:,.0f} B/call) |"
+    )
+    print(f"| peak RSS (VmHWM) over the run | {peak / mb:.1f} MB | – |")
+    print(f"| RSS once every call ended and was billed | {ended['VmRSS'] / mb:.1f} MB | – |")
+    print(f"| dialog snapshot file at {n:,} active | {snap_size / 1e6:.1f} MB | – |")
+    print(
+        f"\ncalls billed {len(got):,} / {n:,}; missing {len(missing)}, billed twice "
+        f"{len(twice)}, billsec differing from the timestamps {len(wrong)}"
+    )
+    verdict = "met" if peak < 300 * mb and not (missing or twice or wrong) else "NOT met"
+    print(f"target RSS < 300 MB with {n:,} active calls: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
