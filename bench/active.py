@@ -138,7 +138,7 @@ def wait_for(what: str, check: object, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.5)
 
 
@@ -175,7 +175,12 @@ def main() -> None:
                 value = metric_value(scrape(metrics_port), "vmgated_active_calls")
                 return int(float(value or 0))
 
-            wait_for(f"{n} active calls", lambda: active() >= n, 120)
+            # Settled: all N in, or the count unchanged for 5 s (then the rest was dropped).
+            last, since = -1, time.monotonic()
+            while (now_active := active()) < n and time.monotonic() - since < 5:
+                if now_active != last:
+                    last, since = now_active, time.monotonic()
+                time.sleep(1)
             snap = d / "var" / "dialogs" / "snapshot"
             seen = snap.stat().st_mtime if snap.exists() else 0.0
             wait_for(

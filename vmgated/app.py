@@ -22,7 +22,7 @@ from ledger.errors import KeyConflict, LedgerFull, LedgerWriteFailed
 from ledger.model import CallEntry, Receipt, Transaction
 from ledger.store import Ledger
 from sip.call import Addr
-from sip.dialog import Tracker
+from sip.dialog import Tracker, TrackerState, encode_state
 from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, load_config
 from vmgated.journal import CDR, HEP, Journal, Recovered
@@ -64,6 +64,7 @@ class App:
         self.started_us = now_us()
         self.last_reload: str = "never"
         self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -286,13 +287,38 @@ class App:
         self.pipeline.expire()
         self.drain_backlog()
         if self.journal.checkpoint_due():  # spaced by its cost (vmgated.journal)
-            self.checkpoint()
+            self._snapshot_task = asyncio.get_running_loop().create_task(
+                self._snapshot(*self._capture()), name="dialog-snapshot"
+            )
+
+    def _capture(self) -> tuple[int, TrackerState, list[Billable]]:
+        """Copy the dialog state and start the next journal, with no batch in between."""
+        captured = self.pipeline.tracker.capture()
+        pending = list(self.pending.values())
+        return self.journal.begin_checkpoint(), captured, pending
+
+    async def _snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
+        """Encode and write a captured state on a worker thread (vmgated.journal)."""
+        try:
+            await asyncio.to_thread(self._write_snapshot, gen, captured, pending)
+        except Exception:
+            log.exception("dialog snapshot not written (the journal keeps every datagram)")
+        finally:
+            self.journal.checkpoint_done()
+
+    def _write_snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
+        self.journal.write_snapshot(gen, state.encode_pieces(encode_state(captured), pending))
 
     def checkpoint(self) -> None:
-        """Write the dialog snapshot (tracker + uncommitted calls) and rotate the journal."""
-        pending = dict(self.pending)
-        payload = state.encode(self.pipeline.tracker.export_state(), pending.values())
-        self.journal.checkpoint(payload)
+        """Write the dialog snapshot (tracker + uncommitted calls) and rotate the journal, now.
+
+        On the loop, blocking (for a clean stop); `tick` takes them in the background.
+        """
+        gen, captured, pending = self._capture()
+        try:
+            self._write_snapshot(gen, captured, pending)
+        finally:
+            self.journal.checkpoint_done()
 
     # -- reload ----------------------------------------------------------------------------
     async def reload(self) -> str:
@@ -352,6 +378,8 @@ class App:
             await self.ledger.close()
         finally:
             await asyncio.sleep(0)  # run the commit callbacks that clear `pending`
+            if self._snapshot_task is not None:
+                await self._snapshot_task  # one snapshot at a time: the journal needs that
             self.checkpoint()
             self.journal.close()
 

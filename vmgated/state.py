@@ -43,12 +43,19 @@ def _record_from_json(d: dict[str, Any]) -> CallRecord:
 
 def encode(tracker_state: bytes, pending: Iterable[Billable]) -> bytes:
     """Pack the tracker state and the not-yet-committed calls into one snapshot payload."""
+    return b"".join(encode_pieces((tracker_state,), pending))
+
+
+def encode_pieces(tracker_state: Iterable[bytes], pending: Iterable[Billable]) -> list[bytes]:
+    """`encode`'s payload as a list of pieces (the tracker's as `sip.dialog.encode_state`
+    yields them), for `Journal.write_snapshot` to write without joining them."""
+    tracker = list(tracker_state)
     calls = [
         {"uid": b.uid, "trunk": b.trunk, "client": b.client, "record": _record_to_json(b.record)}
         for b in pending
     ]
     body = json.dumps(calls, separators=(",", ":")).encode()
-    return _HEAD.pack(VERSION, len(tracker_state)) + tracker_state + body
+    return [_HEAD.pack(VERSION, sum(map(len, tracker))), *tracker, body]
 
 
 def decode(payload: bytes) -> tuple[bytes, list[Billable]]:

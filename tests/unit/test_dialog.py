@@ -18,7 +18,7 @@ from sipbuild import (
 )
 
 from sip.call import CallRecord, Disposition, Hop
-from sip.dialog import StateError, Tracker
+from sip.dialog import STATE_FORMAT, StateError, Tracker, encode_state
 from sip.message import parse
 from sip.transitions import TRANSITIONS, State
 
@@ -428,6 +428,76 @@ def test_restore_keeps_lingering_dialogs_so_late_copies_are_not_new_calls() -> N
     restored = Tracker.restore_state(w.tracker.export_state())
     assert restored.feed(parse(request("INVITE", 1)), T0 + 2 * S, UAC, PROXY) == []
     assert len(restored) == 0 and restored.stats.late == 1
+
+
+# Written by the format 1 exporter (every build up to 646ba3d's) for: call-1 answered with
+# Session-Expires 1800, "ringing" still ringing, "busy" rejected with 486 (lingering).
+FORMAT_1 = (
+    b'{"format":"vmgated.sip.dialog","version":1,"calls":[{"call_id":"call-1@10.0.0.1",'
+    b'"from_tag":"caller-tag","caller":"+15551230000","callee":"+37410123456",'
+    b'"start":1700000000000000,"answer":1700000002000000,"code":200,"cancelled":false,'
+    b'"correlation_id":null,"hops":[["10.0.0.1",5060,"10.0.0.2",5060,2001],["10.0.0.2",5060,'
+    b'"10.0.0.3",5060,2001]],"capture_ids":[2001],"last_ts":1700000002000300,'
+    b'"refresh_ts":1700000002000000,"refresh_cseq":-1,"session_expires":1800,"legs":[{"key":'
+    b'["call-1@10.0.0.1","caller-tag"],"state":"CONFIRMED","invite_cseq":1,"to_tag":'
+    b'"callee-tag","origin":["10.0.0.1",5060],"reject_code":0,"reject_ts":0}]},{"call_id":'
+    b'"ringing","from_tag":"caller-tag","caller":"+15551230000","callee":"+37410123456",'
+    b'"start":1700000003000000,"answer":null,"code":0,"cancelled":false,"correlation_id":'
+    b'null,"hops":[["10.0.0.1",5060,"10.0.0.2",5060,2001],["10.0.0.2",5060,"10.0.0.3",5060,'
+    b'2001]],"capture_ids":[2001],"last_ts":1700000003000300,"refresh_ts":0,"refresh_cseq":'
+    b'-1,"session_expires":null,"legs":[{"key":["ringing","caller-tag"],"state":"TRYING",'
+    b'"invite_cseq":1,"to_tag":null,"origin":["10.0.0.1",5060],"reject_code":0,'
+    b'"reject_ts":0}]}],"lingering":[["busy","caller-tag",1700000005000300]],"stats":'
+    b'{"calls":3,"records":1,"duplicates":1,"late":0,"unknown_bye":0,'
+    b'"in_dialog_without_dialog":0,"orphan_responses":0,"forked_answers":0,"stray_bye":0,'
+    b'"b2bua_legs":0,"overflow":0,"ignored":0}}'
+)
+
+
+def format_1_scenario() -> Wire:
+    w = Wire()
+    w.down(request("INVITE", 1), T0)
+    w.up(response(200, 1, headers=["Session-Expires: 1800"]), T0 + 2 * S)
+    w.down(request("INVITE", 1, call_id="ringing"), T0 + 3 * S)
+    w.down(request("INVITE", 1, call_id="busy"), T0 + 4 * S)
+    w.up(response(486, 1, call_id="busy"), T0 + 5 * S)
+    return w
+
+
+def test_a_snapshot_written_before_the_upgrade_restores_as_the_same_state() -> None:
+    restored = Tracker.restore_state(FORMAT_1)
+    assert restored.export_state() == format_1_scenario().tracker.export_state()
+    assert STATE_FORMAT == 2
+    w = Wire(tracker=restored)
+    w.down(request("BYE", 2, to_tag="callee-tag"), T0 + 62 * S)
+    r = only(w.records)
+    assert (r.call_id, r.answer, r.billsec) == ("call-1@10.0.0.1", T0 + 2 * S, 60)
+    assert restored.feed(parse(request("INVITE", 1, call_id="busy")), T0 + 6 * S, UAC, PROXY) == []
+
+
+def test_a_capture_is_the_state_at_that_moment_whatever_is_fed_after() -> None:
+    w = format_1_scenario()
+    before = w.tracker.export_state()
+    captured = w.tracker.capture()
+    w.up(response(200, 1, call_id="ringing"), T0 + 9 * S)  # the loop goes on while it is written
+    w.down(request("BYE", 2, to_tag="callee-tag"), T0 + 70 * S)
+    assert [r.call_id for r in w.records] == ["busy", "call-1@10.0.0.1"]
+    assert b"".join(encode_state(captured)) == before
+    assert len(Tracker.restore_state(before)) == 2
+
+
+def test_state_is_encoded_in_pieces_that_join_to_one_document() -> None:
+    w = Wire()
+    for i in range(4_500):  # more than two pieces of 2,000 calls
+        w.down(request("INVITE", 1, call_id=f"many-{i}"), T0 + i)
+    pieces = list(encode_state(w.tracker.capture()))
+    # head, lingering "[" "]", ',"calls":', "[", three pieces of calls, "]", "}"
+    assert len(pieces) == 10
+    blob = b"".join(pieces)
+    assert blob == w.tracker.export_state()
+    restored = Tracker.restore_state(blob)
+    assert len(restored) == 4_500
+    assert restored.export_state() == blob
 
 
 @pytest.mark.parametrize(

@@ -32,16 +32,71 @@ def test_entries_after_the_snapshot_are_replayed(tmp_path: Path) -> None:
     ]
 
 
-def test_crash_after_new_journal_before_snapshot_keeps_old_pair(tmp_path: Path) -> None:
+def test_crash_while_the_snapshot_is_written_replays_both_journals(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.recover()
     j.append(HEP, [(b"x", ("127.0.0.1", 1))])
-    # simulate: the next generation's journal exists but the snapshot was never replaced
-    (tmp_path / "dialogs" / "journal.1").write_bytes(b"")
+    gen = j.begin_checkpoint()  # the state was copied here; its snapshot is not written yet
+    j.append(HEP, [(b"y", ("127.0.0.1", 1))])
+    # kill -9 now: the old snapshot (none) and journals 0 and 1 are the truth
+    assert gen == 1
     rec = Journal(tmp_path).recover()
     assert rec.snapshot is None
-    assert [e.payload for e in rec.entries] == [b"x"]
-    assert not (tmp_path / "dialogs" / "journal.1").exists()
+    assert [e.payload for e in rec.entries] == [b"x", b"y"]
+
+
+def test_after_recovering_two_journals_appends_go_to_the_newer(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    j.append(HEP, [(b"x", ("127.0.0.1", 1))])
+    j.begin_checkpoint()
+    j.append(HEP, [(b"y", ("127.0.0.1", 1))])
+    j2 = Journal(tmp_path)
+    j2.recover()
+    j2.append(HEP, [(b"z", ("127.0.0.1", 1))])
+    assert [e.payload for e in Journal(tmp_path).recover().entries] == [b"x", b"y", b"z"]
+
+
+def test_written_snapshot_drops_only_the_journals_it_covers(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    j.append(HEP, [(b"before", ("127.0.0.1", 1))])
+    gen = j.begin_checkpoint()
+    j.append(HEP, [(b"during", ("127.0.0.1", 1))])  # the loop goes on while it is written
+    j.write_snapshot(gen, [b"part-1,", b"part-2"])
+    j.checkpoint_done()
+    j.append(HEP, [(b"after", ("127.0.0.1", 1))])
+    assert sorted(p.name for p in (tmp_path / "dialogs").glob("journal.*")) == ["journal.1"]
+    rec = Journal(tmp_path).recover()
+    assert rec.snapshot == b"part-1,part-2"
+    assert [e.payload for e in rec.entries] == [b"during", b"after"]
+
+
+def test_crash_after_the_snapshot_before_the_old_journal_went(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    j.append(HEP, [(b"covered", ("127.0.0.1", 1))])
+    j.checkpoint(b"state-1")
+    j.append(HEP, [(b"new", ("127.0.0.1", 1))])
+    # as if killed between os.replace and the unlink: the covered journal is still there
+    (tmp_path / "dialogs" / "journal.0").write_bytes(
+        encode_entries(HEP, [(b"covered", ("127.0.0.1", 1))])
+    )
+    rec = Journal(tmp_path).recover()
+    assert rec.snapshot == b"state-1"
+    assert [e.payload for e in rec.entries] == [b"new"]
+    assert not (tmp_path / "dialogs" / "journal.0").exists()
+
+
+def test_no_second_snapshot_starts_while_one_is_written(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    assert j.checkpoint_due()
+    gen = j.begin_checkpoint()
+    assert not j.checkpoint_due()
+    j.write_snapshot(gen, [b"s"])
+    j.checkpoint_done()
+    assert not j.checkpoint_due()  # spaced: at most one per SNAPSHOT_MIN_S
 
 
 def test_torn_tail_is_ignored() -> None:
