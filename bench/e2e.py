@@ -56,7 +56,9 @@ POLL_S = 0.01
 BURST_S = 0.001
 _BRANCH = re.compile(rb"branch=z9hG4bK")
 NUMBER = b"442071234567"
-_SIPP_PIDS = (b"10086", b"10079")  # sipp UAC / UAS PIDs inside Call-IDs, tags and branches
+# sipp UAC / UAS PIDs inside Call-IDs, tags and branches. Replaced in one pass: one by one,
+# call 0x10079's token "a10079" had its "10079" replaced again by the second pass.
+_SIPP_PIDS = re.compile(rb"10086|10079")
 
 
 # -- stream ----------------------------------------------------------------------------------
@@ -73,8 +75,7 @@ def templates() -> list[list[hep.HepPacket]]:
 
 def rewrite(payload: bytes, token: bytes) -> bytes:
     """A recorded SIP message made a new call's: Call-ID, tags and branches carry `token`."""
-    for pid in _SIPP_PIDS:
-        payload = payload.replace(pid, token)
+    payload = _SIPP_PIDS.sub(lambda _: token, payload)
     payload = _BRANCH.sub(b"branch=z9hG4bK" + token + b"x", payload)
     # sipp dials "service"; a real E.164 number makes every call go through rating.
     return payload.replace(b"service", NUMBER)

@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sip.call import Addr, CallRecord, Disposition, Hop
 from sip.message import SipMessage
@@ -87,7 +87,7 @@ class _Call:
 
     __slots__ = (
         "answer", "call_id", "callee", "caller", "cancelled", "capture_ids", "code",
-        "correlation_id", "from_tag", "hop_keys", "hops", "last_ts", "legs", "refresh_cseq",
+        "correlation_id", "from_tag", "hops", "last_ts", "legs", "refresh_cseq",
         "refresh_ts", "session_expires", "start",
     )  # fmt: skip
 
@@ -104,10 +104,11 @@ class _Call:
         self.code = 0
         self.cancelled = False
         self.correlation_id = correlation_id
-        self.hops: list[Hop] = []
-        self.hop_keys: set[tuple[Addr, Addr]] = set()
-        self.capture_ids: list[int] = []
-        self.legs: list[_Dialog] = []
+        # Tuples, not lists: they grow once or twice per call, and a snapshot shares them
+        # instead of copying (a list and a set of hop keys cost ~400 B more per call).
+        self.hops: tuple[Hop, ...] = ()
+        self.capture_ids: tuple[int, ...] = ()
+        self.legs: tuple[_Dialog, ...] = ()  # a B2BUA call gains a second one
         self.last_ts = start
         self.refresh_ts = 0
         self.refresh_cseq = -1  # CSeq of the last refreshing request (-1: the initial INVITE)
@@ -144,6 +145,9 @@ def disposition(code: int, cancelled: bool) -> Disposition:
     return Disposition.FAILED
 
 
+# INVITE hops (and capture agent ids) kept per call; real paths have 2-6 hops (UAC,
+# proxies, SBC, gateway) seen by one or two agents.
+MAX_HOPS = 16
 _INVITE = "INVITE"
 _S_ENDED = State.ENDED
 
@@ -209,7 +213,7 @@ class Tracker:
         if ts_us > call.last_ts:
             call.last_ts = ts_us
         if capture_id is not None and capture_id not in call.capture_ids:
-            call.capture_ids.append(capture_id)
+            _add_capture_id(call, capture_id)
 
         event = self._classify(msg, d, call, forward, dst)
         step = TRANSITIONS.get((d.state, event))
@@ -259,11 +263,11 @@ class Tracker:
                 call.start = ts
             if ts > call.last_ts:
                 call.last_ts = ts
-        d = _Dialog(key, call, msg.cseq_num, src)
-        call.legs.append(d)
+        d = _Dialog(key, call, msg.cseq_num, _shared(_ADDRS, src))
+        call.legs = (*call.legs, d)
         self._dialogs[key] = d
         if capture_id is not None and capture_id not in call.capture_ids:
-            call.capture_ids.append(capture_id)
+            _add_capture_id(call, capture_id)
         _add_hop(call, src, dst, capture_id)
 
     def _index(self, call: _Call) -> None:
@@ -272,9 +276,7 @@ class Tracker:
         if call.correlation_id is not None:
             by.setdefault(call.correlation_id, call)
 
-    def _classify(
-        self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr
-    ) -> int:
+    def _classify(self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr) -> int:
         method = msg.method
         if method is not None:
             if method == _INVITE:
@@ -402,8 +404,8 @@ class Tracker:
             end=max(end, call.start),
             sip_code=code,
             disposition=disp,
-            hops=tuple(call.hops),
-            capture_ids=tuple(call.capture_ids),
+            hops=call.hops,
+            capture_ids=call.capture_ids,
             correlation_id=call.correlation_id,
             flags=flags,
         )
@@ -461,7 +463,7 @@ class Tracker:
         for call in list(self._active.values()):
             yield ActiveCall(
                 call.call_id, call.caller, call.callee, call.start, call.answer,
-                tuple(call.hops), tuple(call.capture_ids),
+                call.hops, call.capture_ids,
             )  # fmt: skip
 
     # -- persistence -------------------------------------------------------------------------
@@ -472,20 +474,18 @@ class Tracker:
         Only immutable values are copied (the hops are frozen `Hop`s, shared), so this is the
         only part of a snapshot that has to run between two feeds: `encode_state` can then
         run anywhere, e.g. on a thread while the event loop goes on feeding. At 100,000
-        active calls it takes ~0.2 s where serialising everything at once took 2.3 s and
-        ~250 MB of transient objects (bench/active.py).
+        active calls it takes ~0.3 s and ~37 MB where serialising everything at once took
+        2.3 s and ~250 MB of transient objects (bench/active.py).
         """
-        scalars, timers, leg_fields = _CALL_SCALARS, _CALL_TIMERS, _LEG_FIELDS
+        call_fields, leg_fields = _CALL_FIELDS, _LEG_FIELDS
         # Hundreds of thousands of new tuples would start full collections over the whole
         # heap, which found nothing to free here and tripled the time.
         was_enabled = gc.isenabled()
         gc.disable()
         try:
             calls = [
-                (scalars(c), tuple(c.hops), tuple(c.capture_ids), timers(c),
-                 tuple(map(leg_fields, c.legs)))
-                for c in self._active.values()
-            ]  # fmt: skip
+                (call_fields(c), tuple(map(leg_fields, c.legs))) for c in self._active.values()
+            ]
         finally:
             if was_enabled:
                 gc.enable()
@@ -540,19 +540,21 @@ class Tracker:
         call.cancelled = bool(cancelled)
         for sip, sport, dip, dport, cid in hops:
             _add_hop(call, (str(sip), int(sport)), (str(dip), int(dport)), cid)
-        call.capture_ids = [int(x) for x in capture_ids]
+        call.capture_ids = _shared(_CAPTURE_IDS, tuple(int(x) for x in capture_ids))
         call.last_ts = int(last_ts)
         call.refresh_ts = int(refresh_ts)
         call.refresh_cseq = int(refresh_cseq)
         call.session_expires = session_expires
         for key0, key1, state, invite_cseq, to_tag, origin_ip, origin_port, rcode, rts in legs:
             key = (str(key0), key1)
-            d = _Dialog(key, call, int(invite_cseq), (str(origin_ip), int(origin_port)))
+            d = _Dialog(
+                key, call, int(invite_cseq), _shared(_ADDRS, (str(origin_ip), int(origin_port)))
+            )
             d.state = State[state]
             d.to_tag = to_tag
             d.reject_code = int(rcode)
             d.reject_ts = int(rts)
-            call.legs.append(d)
+            call.legs = (*call.legs, d)
             self._dialogs[key] = d
         if not call.legs:
             raise StateError(f"call {call.call_id!r} has no dialog")
@@ -568,18 +570,19 @@ class TrackerState(NamedTuple):
     stats: dict[str, int]
 
 
-# One call in progress, as `capture` copies it: (_CALL_SCALARS, hops as a tuple of Hop,
-# capture ids, _CALL_TIMERS, each leg's _LEG_FIELDS). Format 2 writes it flat, as one JSON
-# array: the scalars, the hops, the capture ids, the timers, then the live (not ENDED) legs
+# One call in progress, as `capture` copies it: (_CALL_FIELDS, each leg's _LEG_FIELDS); the
+# call's hops and capture ids are immutable tuples, shared with the live call, not copied
+# (~360 B per call in all). Format 2 writes it flat, as one JSON array: the call's fields
+# (hops as [src ip, src port, dst ip, dst port, capture id]), then the live (not ENDED) legs
 # as [Call-ID, From-tag, state name, INVITE CSeq, To-tag, origin ip, origin port, reject
 # code, reject ts].
-CallRow = tuple[tuple[Any, ...], tuple[Hop, ...], tuple[int, ...], tuple[Any, ...],
-                tuple[tuple[Any, ...], ...]]  # fmt: skip
-_CALL_SCALARS = attrgetter(
+CallRow = tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]]
+_CALL_FIELDS = attrgetter(
     "call_id", "from_tag", "caller", "callee", "start", "answer", "code", "cancelled",
-    "correlation_id",
+    "correlation_id", "hops", "capture_ids", "last_ts", "refresh_ts", "refresh_cseq",
+    "session_expires",
 )  # fmt: skip
-_CALL_TIMERS = attrgetter("last_ts", "refresh_ts", "refresh_cseq", "session_expires")
+_HOPS_AT = 9  # index of the hops in _CALL_FIELDS
 _LEG_FIELDS = attrgetter(
     "key", "state", "invite_cseq", "to_tag", "origin", "reject_code", "reject_ts"
 )  # fmt: skip
@@ -596,12 +599,11 @@ def _json_array(items: tuple[Any, ...], convert: Any) -> Iterator[bytes]:
 
 
 def _call_json(row: CallRow) -> list[Any]:
-    scalars, hops, capture_ids, timers, legs = row
+    call, legs = row
     return [
-        *scalars,
-        [[*h.src, *h.dst, h.capture_id] for h in hops],
-        capture_ids,
-        *timers,
+        *call[:_HOPS_AT],
+        [[*h.src, *h.dst, h.capture_id] for h in call[_HOPS_AT]],
+        *call[_HOPS_AT + 1 :],
         [
             [key[0], key[1], state.name, cseq, to_tag, origin[0], origin[1], rcode, rts]
             for key, state, cseq, to_tag, origin, rcode, rts in legs
@@ -646,9 +648,42 @@ def _row_of_v1(c: dict[str, Any]) -> list[Any]:
 
 def _add_hop(call: _Call, src: Addr, dst: Addr, capture_id: int | None) -> bool:
     """Record a (src, dst) copy of the initial INVITE; False if that hop was already known."""
-    hk = (src, dst)
-    if hk in call.hop_keys:
-        return False
-    call.hop_keys.add(hk)
-    call.hops.append(Hop(src, dst, capture_id))
+    hops = call.hops
+    for hop in hops:  # two or three hops: a scan beats a set of keys per call
+        if hop.src == src and hop.dst == dst:
+            return False
+    if len(hops) >= MAX_HOPS:
+        return False  # forged copies from ever new addresses must not grow a call unbounded
+    hop = _shared(_HOPS, Hop(_shared(_ADDRS, src), _shared(_ADDRS, dst), capture_id))
+    call.hops = _shared(_PATHS, (*hops, hop))
     return True
+
+
+def _add_capture_id(call: _Call, capture_id: int) -> None:
+    if len(call.capture_ids) < MAX_HOPS:  # bounded like the hops, for the same reason
+        call.capture_ids = _shared(_CAPTURE_IDS, (*call.capture_ids, capture_id))
+
+
+_V = TypeVar("_V")
+_SHARED_MAX = 1 << 14  # distinct values kept per table; a table is cleared when full
+_ADDRS: dict[Addr, Addr] = {}
+_HOPS: dict[Hop, Hop] = {}
+_PATHS: dict[tuple[Hop, ...], tuple[Hop, ...]] = {}
+_CAPTURE_IDS: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _shared(table: dict[_V, _V], value: _V) -> _V:
+    """The one copy of an immutable value that many calls hold.
+
+    Calls through the same proxy share their addresses, hops, hop paths and capture ids;
+    holding one copy of each instead of one per call saves ~400 B per call in progress
+    (bench/active.py). Each kind has its own table, so a value never comes back as another
+    type that compares equal (a `Hop` and a plain tuple do). Bounded: a table is cleared
+    when full, which costs only sharing, never correctness.
+    """
+    found = table.get(value)
+    if found is None:
+        if len(table) >= _SHARED_MAX:
+            table.clear()
+        found = table[value] = value
+    return found

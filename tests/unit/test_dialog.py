@@ -18,7 +18,7 @@ from sipbuild import (
 )
 
 from sip.call import CallRecord, Disposition, Hop
-from sip.dialog import STATE_FORMAT, StateError, Tracker, encode_state
+from sip.dialog import MAX_HOPS, STATE_FORMAT, StateError, Tracker, encode_state
 from sip.message import parse
 from sip.transitions import TRANSITIONS, State
 
@@ -367,6 +367,20 @@ def test_hops_are_distinct_invite_copies_in_capture_order_with_capture_ids() -> 
     t.feed(inv, T0 + 30, PROXY, UAS, 2)  # seen by another agent: same hop
     (a,) = t.active()
     assert a.hops == (Hop(UAC, PROXY, 1), Hop(PROXY, UAS, 1)) and a.capture_ids == (1, 2)
+
+
+def test_copies_from_ever_new_addresses_or_agents_stop_growing_a_call_at_the_cap() -> None:
+    t = Tracker()
+    inv = parse(request("INVITE", 1))
+    for i in range(MAX_HOPS + 10):
+        t.feed(inv, T0 + i, (f"10.9.0.{i}", 5060), PROXY, 1)
+    (a,) = t.active()
+    assert len(a.hops) == MAX_HOPS and a.hops[-1].src == (f"10.9.0.{MAX_HOPS - 1}", 5060)
+    assert t.stats.duplicates == 10
+    for i in range(MAX_HOPS + 10):
+        t.feed(inv, T0 + 100 + i, UAC, PROXY, 1000 + i)
+    (a,) = t.active()
+    assert a.capture_ids == (1, *range(1000, 1000 + MAX_HOPS - 1))
 
 
 def test_finished_dialogs_absorb_late_copies_then_are_dropped() -> None:
