@@ -68,9 +68,31 @@ class App:
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the ledger, recover dialog state, then start listening."""
+        """Bind the listeners, open the ledger, recover dialog state, then start reading."""
         cfg = self.config
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # Bound before recovery, read after it: datagrams that arrive while a restart restores
+        # its dialogs and replays its journal (seconds at 100,000 calls in progress) wait in
+        # the kernel's receive buffer instead of being refused.
+        for spec in cfg.listen.hep:
+            self.listeners.append(self._listener(spec, self._on_hep, "hep"))
+        for spec in cfg.listen.cdr:
+            self.listeners.append(self._listener(spec, self._on_cdr, "cdr"))
+        try:
+            for listener in self.listeners:
+                await listener.bind()
+            await self._recover()
+            for listener in self.listeners:
+                await listener.start()
+        except BaseException:
+            for listener in self.listeners:
+                listener.stop()
+            raise
+        await self._serve()
+
+    async def _recover(self) -> None:
+        """Open the ledger, load the dialog snapshot, bill what was pending, replay the journal."""
+        cfg = self.config
         self.ledger = await Ledger.open(
             cfg.state_dir / "ledger.db",
             batch_max=cfg.ledger.batch_max,
@@ -94,12 +116,10 @@ class App:
         if pending or recovered.entries:
             log.info("recovered %d pending calls and %d journalled datagrams",
                      len(pending), len(recovered.entries))
-        for spec in cfg.listen.hep:
-            self.listeners.append(self._listener(spec, self._on_hep, "hep"))
-        for spec in cfg.listen.cdr:
-            self.listeners.append(self._listener(spec, self._on_cdr, "cdr"))
-        for listener in self.listeners:
-            await listener.start()
+
+    async def _serve(self) -> None:
+        """Metrics, control socket, ticker and watchdog, once the listeners read."""
+        cfg = self.config
         self.collector = MetricsCollector(
             self.counters,
             settings=self.metrics_settings(cfg),
@@ -176,8 +196,12 @@ class App:
         if recovered.snapshot is None:
             return Tracker(**kwargs), []
         try:
+            began = time.monotonic()
             tracker_state, pending = state.decode(recovered.snapshot)
-            return Tracker.restore_state(tracker_state, **kwargs), pending
+            tracker = Tracker.restore_state(tracker_state, **kwargs)
+            log.info("dialog snapshot: %d calls in progress, %d pending, restored in %.2f s",
+                     len(tracker), len(pending), time.monotonic() - began)
+            return tracker, pending
         except ValueError as exc:
             # Never refuse to start over a bad snapshot: the ledger is the truth; say so loudly.
             log.error("dialog snapshot unreadable (%s); starting with no active dialogs", exc)

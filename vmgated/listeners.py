@@ -133,8 +133,15 @@ class UdpListener:
         assert self._sock is not None, "start() first"
         return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
-    async def start(self) -> None:
-        """Bind the socket and start receiving; OSError (address in use...) goes to the caller."""
+    async def bind(self) -> None:
+        """Bind the socket without reading it; OSError (address in use...) goes to the caller.
+
+        From here on the kernel queues datagrams in the socket's receive buffer, so the
+        daemon binds before it recovers its state and starts reading after: what arrives
+        during a restart's recovery waits instead of being refused (ICMP port unreachable).
+        """
+        if self._sock is not None:
+            return
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
@@ -143,13 +150,28 @@ class UdpListener:
             self._set_rcvbuf(sock)
             sock.bind(sockaddr)
             sock.setblocking(False)
-            protocol = _Protocol(loop, self._flush)
-            transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         except BaseException:
             sock.close()
             raise
-        self._sock, self._protocol, self._transport = sock, protocol, transport
+        self._sock = sock
         self._v6 = family == socket.AF_INET6
+
+    async def start(self) -> None:
+        """Bind the socket (unless `bind` did) and start receiving."""
+        await self.bind()
+        sock = self._sock
+        assert sock is not None
+        if self._transport is not None:
+            return
+        loop = asyncio.get_running_loop()
+        protocol = _Protocol(loop, self._flush)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            self._sock = None
+            raise
+        self._protocol, self._transport = protocol, transport
         log.info("listening for %s on udp %s (rcvbuf %d)", self.input_name,
                  _fmt(self.sockname), self.effective_rcvbuf)
 
@@ -158,6 +180,8 @@ class UdpListener:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        elif self._sock is not None:
+            self._sock.close()  # bound, never started: no transport owns it
         self._sock = None
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
@@ -267,6 +291,7 @@ class InterfaceListeners:
         self._watch: Any = None
         self._wanted: frozenset[str] = frozenset()
         self._reconciling: asyncio.Task[None] | None = None
+        self._bound = False
 
     @property
     def addresses(self) -> frozenset[str]:
@@ -278,15 +303,36 @@ class InterfaceListeners:
         bound = ", ".join(item.describe() for item in self.listeners.values()) or "no address"
         return f"interface {self.ifname}: {bound}"
 
-    async def start(self) -> None:
-        """Bind the interface's current addresses, then follow changes from a netlink thread."""
-        from vmgated.netwatch import InterfaceWatch, resolve
+    async def bind(self) -> None:
+        """Bind the interface's current addresses without reading them (see UdpListener.bind)."""
+        from vmgated.netwatch import resolve
 
         # pyroute2's synchronous API cannot run inside a running loop: resolve in a thread.
         addresses = await asyncio.to_thread(resolve, self.ifname)
         if not addresses:
             log.warning("interface %s has no usable address yet; waiting for one", self.ifname)
         self._wanted = addresses
+        self._bound = True
+        for host in sorted(addresses - self.listeners.keys()):
+            listener = self.make(host)
+            try:
+                await listener.bind()
+            except OSError as exc:
+                log.warning("interface %s: cannot listen on %s: %s", self.ifname, host, exc)
+                continue
+            self.listeners[host] = listener
+
+    async def start(self) -> None:
+        """Start reading what `bind` bound (binding first if it was not called), then follow
+        the interface's address changes from a netlink thread."""
+        from vmgated.netwatch import InterfaceWatch, resolve
+
+        if not self._bound:
+            await self.bind()
+        for listener in self.listeners.values():
+            await listener.start()
+        # Recovery between `bind` and here can take seconds: apply what came or went since.
+        self._wanted = await asyncio.to_thread(resolve, self.ifname)
         await self._reconcile()
         self._watch = InterfaceWatch(self.ifname, self._on_change)
         self._watch.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,10 @@ from sipcalls import (
 )
 
 from rating.units import format_time
+from sip.dialog import Tracker, encode_state
+from sip.message import parse
+from vmgated import state
+from vmgated.journal import Journal
 
 
 @pytest.fixture
@@ -157,5 +163,55 @@ def test_sigterm_commits_a_finished_call_at_once_even_inside_a_long_commit_windo
         assert e.daemon.stop() == 0
         assert time.monotonic() - began < 5  # the drain flushes; it does not wait out 10 s
         assert [c["call_id"] for c in e.calls()] == ["drain-1"]  # read with the daemon down
+    finally:
+        e.daemon.stop()
+
+
+def _bound_udp_ports() -> set[int]:
+    ports = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        local = line.split()[1]
+        ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_datagrams_sent_while_a_restart_restores_its_dialogs_wait_and_are_billed(
+    tmp_path: Path,
+) -> None:
+    # A snapshot with 30,000 calls in progress makes the restart's recovery take ~1-2 s.
+    # The HEP port is bound before recovery and read after it, so a call sent in that
+    # window waits in the socket buffer (it used to be refused: port not bound yet).
+    e = make_env(tmp_path, start=False)
+    tracker = Tracker()
+    for i in range(30_000):
+        bulk = Call(f"bulk-{i}", end=None)
+        for sip, src, dst, ts in setup_messages(bulk):
+            tracker.feed(parse(sip), ts, src, dst, bulk.capture_id)
+    assert len(tracker) == 30_000
+    journal = Journal(e.dir / "var")
+    journal.recover()
+    journal.checkpoint(b"".join(state.encode_pieces(encode_state(tracker.capture()), [])))
+    journal.close()
+
+    c = Call("during-recovery")
+    with open(e.daemon.log, "ab") as log:  # as Vmgated.start, without waiting for ready
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmgated.main", "--config", str(e.config)],
+            cwd=e.dir, stdout=log, stderr=subprocess.STDOUT, env=e.daemon.env,
+        )  # fmt: skip
+    e.daemon.proc = proc
+    try:
+        deadline = time.monotonic() + 30
+        while e.hep_port not in _bound_udp_ports():
+            assert proc.poll() is None and time.monotonic() < deadline, e.daemon.logs()
+            time.sleep(0.005)
+        send(e.hep_port, call_datagrams(c))
+        # Sent before the snapshot was restored: the window this test is about.
+        assert "dialog snapshot:" not in e.daemon.logs()
+        wait_for(lambda: e.ctl("status", check=False).returncode == 0, timeout=60)
+        assert "30000 calls in progress" in e.daemon.logs()
+        e.wait_calls(1)
+        assert_billed_once(e, c, 60)
+        assert e.ctl_json("status")["active_calls"] == 30_000
     finally:
         e.daemon.stop()

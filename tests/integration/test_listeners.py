@@ -39,6 +39,37 @@ def sender(host: str = "127.0.0.1", family: int = socket.AF_INET) -> socket.sock
     return sock
 
 
+def test_a_bound_listener_keeps_what_arrives_until_it_starts_reading() -> None:
+    async def main() -> None:
+        batches: list[Batch] = []
+        listener = UdpListener("127.0.0.1", 0, batches.append)
+        await listener.bind()
+        with sender() as s:
+            for i in range(50):
+                s.sendto(b"early %d" % i, listener.sockname)
+            await asyncio.sleep(0.2)
+            assert batches == []  # bound, not read: the kernel holds them
+            await listener.start()
+            await until(lambda: sum(map(len, batches)) == 50)
+        listener.stop()
+        assert [data for b in batches for data, _ in b] == [b"early %d" % i for i in range(50)]
+
+    run(main())
+
+
+def test_stopping_a_listener_that_was_only_bound_frees_its_port() -> None:
+    async def main() -> None:
+        listener = UdpListener("127.0.0.1", 0, lambda batch: None)
+        await listener.bind()
+        port = listener.sockname[1]
+        listener.stop()
+        again = UdpListener("127.0.0.1", port, lambda batch: None)
+        await again.start()  # would raise EADDRINUSE if the first socket were still open
+        again.stop()
+
+    run(main())
+
+
 def test_datagrams_arrive_in_batches_with_their_source() -> None:
     async def main() -> None:
         batches: list[Batch] = []
