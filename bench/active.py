@@ -21,6 +21,7 @@ INVITE until the call ends, against vmgated's whole daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import subprocess
@@ -131,7 +132,8 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         t0 = time.monotonic()
         while not self.stop_flag.wait(1.0):
-            self.samples.append((time.monotonic() - t0, self.phase, rss(self.pid)))
+            with contextlib.suppress(FileNotFoundError):  # between a stop and the restart
+                self.samples.append((time.monotonic() - t0, self.phase, rss(self.pid)))
 
 
 def wait_for(what: str, check: object, timeout: float) -> None:
@@ -159,6 +161,11 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--rate", type=int, default=25_000, help="HEP packets/s while sending")
     ap.add_argument("--hold", type=float, default=120.0, help="seconds added to each call")
+    ap.add_argument(
+        "--restart", choices=("term", "kill"),
+        help="stop the daemon with the calls active (SIGTERM or SIGKILL), start it again, "
+        "then end the calls",
+    )  # fmt: skip
     ap.add_argument(
         "--teardown-rate", type=int, default=8_000,
         help="HEP packets/s for the BYEs: every 4 packets end a call, so 8,000/s bills 2,000 "
@@ -207,6 +214,25 @@ def main() -> None:
             metrics = scrape(metrics_port)
             drops = metric_value(metrics, "vmgated_udp_receive_errors_total")
             print(f"{active():,} active: {full}, kernel drops {drops}", flush=True)
+            restart = None
+            if args.restart:
+                began = time.monotonic()
+                if args.restart == "kill":
+                    daemon.kill9()
+                else:
+                    daemon.stop(timeout=300)
+                stopped = time.monotonic() - began
+                sampler.phase = f"restart ({args.restart})"
+                began = time.monotonic()
+                daemon = Vmgated(cfg).start(timeout=300)
+                ready = time.monotonic() - began
+                assert daemon.proc is not None
+                pid = sampler.pid = daemon.proc.pid
+                back = settle(active, n, quiet=5)
+                time.sleep(3)
+                restart = (stopped, ready, back, rss(pid))
+                print(f"restart: stopped in {stopped:.1f} s, ready in {ready:.1f} s, {back:,} "
+                      f"active again: {restart[3]}", flush=True)
 
             sampler.phase = "teardown"
             _, took = paced_send(hep_port, teardown, args.teardown_rate)
@@ -269,6 +295,14 @@ def main() -> None:
     print(f"| peak RSS (VmHWM) over the run | {peak / mb:.1f} MiB | – |")
     for phase, top in phases.items():
         print(f"| highest RSS sampled while {phase} | {top / mb:.1f} MiB | – |")
+    if restart is not None:
+        stopped, ready, back, after = restart
+        print(
+            f"| restart ({args.restart}): stopped / ready again | {stopped:.1f} s / {ready:.1f} s "
+            f"({back:,} calls active again) | – |"
+        )
+        print(f"| RSS after the restart | {after['VmRSS'] / mb:.1f} MiB, peak (VmHWM) "
+              f"{after['VmHWM'] / mb:.1f} MiB | – |")
     print(f"| RSS once every call ended and was billed | {ended['VmRSS'] / mb:.1f} MiB | – |")
     print(f"| dialog snapshot file at {n:,} active | {snap_size / 1e6:.1f} MB | – |")
     print(

@@ -30,6 +30,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar
 
 from sip.call import Addr, CallRecord, Disposition, Hop
+from sip.jsonstream import Member, members
 from sip.message import SipMessage
 from sip.transitions import TRANSITIONS, Effect, Event, State
 
@@ -500,34 +501,49 @@ class Tracker:
         """Rebuild a tracker from `export_state()` output; `kwargs` go to the constructor.
 
         Reads format 2 and the format 1 of earlier builds. Raises `StateError` for anything
-        that is not a state one of them wrote.
+        that is not a state one of them wrote. The calls and lingering dialogs are decoded one
+        at a time (`sip.jsonstream`) once the format and version are known, which is how
+        `encode_state` orders them; a document in another order is still read, whole.
         """
         t = cls(**kwargs)
         try:
-            doc = json.loads(data)
-            if type(doc) is not dict or doc.get("format") != _STATE_MAGIC:
-                raise StateError("not a vmgated dialog state")
-            version = doc.get("version")
-            if version not in (1, STATE_FORMAT):
-                raise StateError(
-                    f"dialog state format {version!r}; this build reads 1 and {STATE_FORMAT}"
-                )
-            rows = doc["calls"] if version == STATE_FORMAT else map(_row_of_v1, doc["calls"])
-            for row in rows:
-                t._restore_call(row)
-            for call_id, from_tag, ended in doc["lingering"]:
-                key = (str(call_id), from_tag)
-                d = _Dialog(key, None, 0, ("", 0))
-                d.state = _S_ENDED
-                t._dialogs[key] = d
-                t._linger[key] = int(ended)
+            head: dict[str, Any] = {}
+            version: int | None = None
+            waiting: list[Member] = []  # elements read before the format and version
+            for member in members(bytes(data).decode("utf-8"), _STREAMED):
+                if not member.element:
+                    if member.name in _STREAMED:
+                        raise StateError(f"{member.name!r} is not an array")
+                    head[member.name] = member.value
+                elif version is None and not ("format" in head and "version" in head):
+                    waiting.append(member)
+                else:
+                    if version is None:
+                        version = _check_head(head)
+                    t._restore_member(version, member)
+            version = _check_head(head) if version is None else version
+            for member in waiting:
+                t._restore_member(version, member)
             known = {f.name for f in fields(TrackerStats)}
-            t.stats = TrackerStats(**{k: int(v) for k, v in doc["stats"].items() if k in known})
+            t.stats = TrackerStats(**{k: int(v) for k, v in head["stats"].items() if k in known})
         except StateError:
             raise
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise StateError(f"dialog state is corrupt: {exc!r}") from None
         return t
+
+    def _restore_member(self, version: int, member: Member) -> None:
+        """One streamed element: a call in progress or a lingering dialog."""
+        if member.name == "calls":
+            row = member.value
+            self._restore_call(row if version == STATE_FORMAT else _row_of_v1(row))
+            return
+        call_id, from_tag, ended = member.value
+        key = (str(call_id), from_tag)
+        d = _Dialog(key, None, 0, ("", 0))
+        d.state = _S_ENDED
+        self._dialogs[key] = d
+        self._linger[key] = int(ended)
 
     def _restore_call(self, row: list[Any]) -> None:
         """Rebuild one call in progress from its format 2 row (see `CallRow`)."""
@@ -630,6 +646,19 @@ def encode_state(state: TrackerState) -> Iterator[bytes]:
     yield b',"calls":'
     yield from _json_array(state.calls, _call_json)
     yield b"}"
+
+
+_STREAMED = frozenset(("calls", "lingering"))
+
+
+def _check_head(head: dict[str, Any]) -> int:
+    """The state's format version, once its magic and version are known to be ours."""
+    if head.get("format") != _STATE_MAGIC:
+        raise StateError("not a vmgated dialog state")
+    version = head.get("version")
+    if version not in (1, STATE_FORMAT):
+        raise StateError(f"dialog state format {version!r}; this build reads 1 and {STATE_FORMAT}")
+    return int(version)
 
 
 def _row_of_v1(c: dict[str, Any]) -> list[Any]:

@@ -107,15 +107,17 @@ class App:
         self.pipeline = Pipeline(runtime, tracker, self.counters, self._sink, now_us)
         for item in pending:
             self.pipeline.bill(item)
-        for entry in recovered.entries:
+        replayed = 0
+        for entry in recovered.entries():
             sender = _split_sender(entry.sender)
             if entry.kind == HEP:
                 self.pipeline.feed_hep([(entry.payload, sender)])
             elif entry.kind == CDR:
                 self.pipeline.feed_cdr([(entry.payload, sender)])
-        if pending or recovered.entries:
+            replayed += 1
+        if pending or replayed:
             log.info("recovered %d pending calls and %d journalled datagrams",
-                     len(pending), len(recovered.entries))
+                     len(pending), replayed)
 
     async def _serve(self) -> None:
         """Metrics, control socket, ticker and watchdog, once the listeners read."""

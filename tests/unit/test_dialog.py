@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pytest
@@ -514,10 +515,22 @@ def test_state_is_encoded_in_pieces_that_join_to_one_document() -> None:
     assert restored.export_state() == blob
 
 
+def test_restore_reads_a_state_whose_members_come_in_another_order() -> None:
+    w = Wire()
+    w.down(request("INVITE", 1, call_id="reordered"), T0)
+    doc = json.loads(w.tracker.export_state())
+    moved = {"calls": doc.pop("calls"), "lingering": doc.pop("lingering"), **doc}
+    restored = Tracker.restore_state(json.dumps(moved).encode())
+    assert restored.export_state() == w.tracker.export_state()
+
+
 @pytest.mark.parametrize(
     "blob",
     [b"", b"{}", b"[]", b'{"format":"vmgated.sip.dialog","version":99}',
-     b'{"format":"vmgated.sip.dialog","version":1,"calls":[{"call_id":1}]}', b"\xff"],
+     b'{"format":"vmgated.sip.dialog","version":1,"calls":[{"call_id":1}]}', b"\xff",
+     b'{"format":"vmgated.sip.dialog","version":2,"calls":{},"lingering":[],"stats":{}}',
+     b'{"calls":[[1]],"format":"vmgated.sip.dialog","version":2,"lingering":[],"stats":{}}',
+     b'{"format":"vmgated.sip.dialog","version":2,"calls":[],"lingering":[]}'],
 )
 def test_restore_refuses_what_it_did_not_write(blob: bytes) -> None:
     with pytest.raises(StateError):

@@ -12,7 +12,7 @@ from vmgated.journal import CDR, HEP, Journal, decode_entries, encode_entries
 
 def test_first_start_recovers_nothing(tmp_path: Path) -> None:
     rec = Journal(tmp_path).recover()
-    assert rec.snapshot is None and rec.entries == ()
+    assert rec.snapshot is None and list(rec.entries()) == []
 
 
 def test_entries_after_the_snapshot_are_replayed(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_entries_after_the_snapshot_are_replayed(tmp_path: Path) -> None:
     # no close(): this is what kill -9 leaves behind
     rec = Journal(tmp_path).recover()
     assert rec.snapshot == b"state-1"
-    assert [(e.kind, e.sender, e.payload) for e in rec.entries] == [
+    assert [(e.kind, e.sender, e.payload) for e in rec.entries()] == [
         (HEP, "127.0.0.1:9060", b"a"),
         (HEP, "::1:9", b"b"),
         (CDR, "10.0.0.1:9070", b"{}"),
@@ -42,7 +42,7 @@ def test_crash_while_the_snapshot_is_written_replays_both_journals(tmp_path: Pat
     assert gen == 1
     rec = Journal(tmp_path).recover()
     assert rec.snapshot is None
-    assert [e.payload for e in rec.entries] == [b"x", b"y"]
+    assert [e.payload for e in rec.entries()] == [b"x", b"y"]
 
 
 def test_after_recovering_two_journals_appends_go_to_the_newer(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_after_recovering_two_journals_appends_go_to_the_newer(tmp_path: Path) -
     j2 = Journal(tmp_path)
     j2.recover()
     j2.append(HEP, [(b"z", ("127.0.0.1", 1))])
-    assert [e.payload for e in Journal(tmp_path).recover().entries] == [b"x", b"y", b"z"]
+    assert [e.payload for e in Journal(tmp_path).recover().entries()] == [b"x", b"y", b"z"]
 
 
 def test_written_snapshot_drops_only_the_journals_it_covers(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_written_snapshot_drops_only_the_journals_it_covers(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "dialogs").glob("journal.*")) == ["journal.1"]
     rec = Journal(tmp_path).recover()
     assert rec.snapshot == b"part-1,part-2"
-    assert [e.payload for e in rec.entries] == [b"during", b"after"]
+    assert [e.payload for e in rec.entries()] == [b"during", b"after"]
 
 
 def test_crash_after_the_snapshot_before_the_old_journal_went(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_crash_after_the_snapshot_before_the_old_journal_went(tmp_path: Path) ->
     )
     rec = Journal(tmp_path).recover()
     assert rec.snapshot == b"state-1"
-    assert [e.payload for e in rec.entries] == [b"new"]
+    assert [e.payload for e in rec.entries()] == [b"new"]
     assert not (tmp_path / "dialogs" / "journal.0").exists()
 
 
