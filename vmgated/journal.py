@@ -28,7 +28,6 @@ Files in `<state_dir>/dialogs/`: `snapshot` (`VMGS`, u32 generation, payload) an
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import time
@@ -43,6 +42,7 @@ _HEAD = struct.Struct("!BH")
 _LEN = struct.Struct("!I")
 SNAPSHOT_MIN_S = 1.0  # at most one snapshot per tick
 SNAPSHOT_SHARE = 0.05  # of wall time spent building and writing snapshots, at most
+_READ_CHUNK = 1 << 20  # bytes of journal read at a time when replaying
 _SENDER_CACHE = 4096  # distinct senders whose framed prefix is remembered; cleared when full
 
 
@@ -66,17 +66,22 @@ class Recovered:
     def entries(self) -> Iterator[Entry]:
         """The journalled datagrams, in order, read one at a time.
 
-        Streamed from a read-only mapping of each file, never loaded whole: snapshots are
-        spaced by their cost, so with 100,000 calls in progress a journal can hold a minute
-        of traffic (millions of datagrams, gigabytes at full rate), and a restart after
-        `kill -9` must not need that much memory to replay it.
+        Read `_READ_CHUNK` bytes at a time, never whole: snapshots are spaced by their cost,
+        so with 100,000 calls in progress a journal can hold a minute of traffic (hundreds
+        of MB), and a restart after `kill -9` must not need that much memory to replay it.
+        (Not mmap: the pages it touches count in the process's RSS until it is unmapped.)
         """
         for path in self.journals:
             with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    continue
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    yield from decode_entries(mapped)
+                carry = b""
+                while chunk := f.read(_READ_CHUNK):
+                    data = carry + chunk if carry else chunk
+                    end = 0
+                    for entry, after in _records(data):
+                        yield entry
+                        end = after
+                    carry = data[end:]
+                # A torn last record (crash mid-write) is left in `carry`, unread.
 
 
 _prefixes: dict[tuple[int, tuple[str, int]], bytes] = {}
@@ -105,8 +110,14 @@ def encode_entries(kind: int, batch: Sequence[tuple[bytes, tuple[str, int]]]) ->
     return b"".join(parts)
 
 
-def decode_entries(data: bytes | mmap.mmap) -> Iterator[Entry]:
+def decode_entries(data: bytes) -> Iterator[Entry]:
     """Read journal records; a torn last record (crash mid-write) is ignored."""
+    for entry, _ in _records(data):
+        yield entry
+
+
+def _records(data: bytes) -> Iterator[tuple[Entry, int]]:
+    """Each whole record in `data` with the offset just past it."""
     view = memoryview(data)
     pos, end = 0, len(data)
     while pos + _HEAD.size <= end:
@@ -120,7 +131,7 @@ def decode_entries(data: bytes | mmap.mmap) -> Iterator[Entry]:
         pos += _LEN.size
         if pos + plen > end:
             return
-        yield Entry(kind, sender, bytes(view[pos : pos + plen]))
+        yield Entry(kind, sender, bytes(view[pos : pos + plen])), pos + plen
         pos += plen
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from vmgated import journal
 from vmgated.journal import CDR, HEP, Journal, decode_entries, encode_entries
 
 
@@ -109,3 +111,18 @@ def test_encode_decode_round_trip(items: list[tuple[bytes, int]]) -> None:
     batch = [(p, ("192.0.2.1", port)) for p, port in items]
     out = list(decode_entries(encode_entries(HEP, batch)))
     assert [(e.payload, e.sender) for e in out] == [(p, f"192.0.2.1:{port}") for p, port in items]
+
+
+def test_replay_reads_records_across_chunk_boundaries_and_skips_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_READ_CHUNK", 7)  # every record spans two or more reads
+    j = Journal(tmp_path)
+    j.recover()
+    payloads = [bytes([65 + i]) * (i * 5) for i in range(12)]  # 0 to 55 bytes
+    j.append(HEP, [(p, ("192.0.2.1", 5060)) for p in payloads])
+    j.close()
+    path = tmp_path / "dialogs" / "journal.0"
+    path.write_bytes(path.read_bytes() + encode_entries(CDR, [(b"torn", ("x", 1))])[:-2])
+    rec = Journal(tmp_path).recover()
+    assert [(e.kind, e.payload) for e in rec.entries()] == [(HEP, p) for p in payloads]
