@@ -162,9 +162,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=25_000, help="HEP packets/s while sending")
     ap.add_argument("--hold", type=float, default=120.0, help="seconds added to each call")
     ap.add_argument(
-        "--restart", choices=("term", "kill"),
-        help="stop the daemon with the calls active (SIGTERM or SIGKILL), start it again, "
-        "then end the calls",
+        "--restart", choices=("term", "kill", "kill-busy"),
+        help="stop the daemon with the calls active (SIGTERM or SIGKILL once a snapshot holds "
+        "them all; kill-busy: SIGKILL as the last setup packet is sent), start it again, then "
+        "end the calls",
     )  # fmt: skip
     ap.add_argument(
         "--teardown-rate", type=int, default=8_000,
@@ -199,6 +200,32 @@ def main() -> None:
                 value = metric_value(scrape(metrics_port), "vmgated_active_calls")
                 return int(float(value or 0))
 
+            def restart_daemon() -> tuple[float, float, int, dict[str, int], int]:
+                nonlocal daemon, pid
+                journal = sum(f.stat().st_size for f in (d / "var" / "dialogs").glob("journal.*"))
+                began = time.monotonic()
+                if args.restart == "term":
+                    daemon.stop(timeout=300)
+                else:
+                    daemon.kill9()
+                stopped = time.monotonic() - began
+                sampler.phase = f"restart ({args.restart})"
+                began = time.monotonic()
+                daemon = Vmgated(cfg).start(timeout=300)
+                ready = time.monotonic() - began
+                assert daemon.proc is not None
+                pid = sampler.pid = daemon.proc.pid
+                back = settle(active, n, quiet=5)
+                time.sleep(3)
+                after = rss(pid)
+                print(f"restart: journal {journal / 1e6:.1f} MB, stopped in {stopped:.1f} s, "
+                      f"ready in {ready:.1f} s, {back:,} active again: {after}", flush=True)
+                return stopped, ready, back, after, journal
+
+            restart = None
+            if args.restart == "kill-busy":
+                restart = restart_daemon()  # at once: the journal holds the traffic since the
+                # last snapshot, which the restarted daemon must replay
             settle(active, n, quiet=5)
             sampler.phase = "active"
             snap = d / "var" / "dialogs" / "snapshot"
@@ -214,25 +241,8 @@ def main() -> None:
             metrics = scrape(metrics_port)
             drops = metric_value(metrics, "vmgated_udp_receive_errors_total")
             print(f"{active():,} active: {full}, kernel drops {drops}", flush=True)
-            restart = None
-            if args.restart:
-                began = time.monotonic()
-                if args.restart == "kill":
-                    daemon.kill9()
-                else:
-                    daemon.stop(timeout=300)
-                stopped = time.monotonic() - began
-                sampler.phase = f"restart ({args.restart})"
-                began = time.monotonic()
-                daemon = Vmgated(cfg).start(timeout=300)
-                ready = time.monotonic() - began
-                assert daemon.proc is not None
-                pid = sampler.pid = daemon.proc.pid
-                back = settle(active, n, quiet=5)
-                time.sleep(3)
-                restart = (stopped, ready, back, rss(pid))
-                print(f"restart: stopped in {stopped:.1f} s, ready in {ready:.1f} s, {back:,} "
-                      f"active again: {restart[3]}", flush=True)
+            if args.restart in ("term", "kill"):
+                restart = restart_daemon()
 
             sampler.phase = "teardown"
             _, took = paced_send(hep_port, teardown, args.teardown_rate)
@@ -296,10 +306,10 @@ def main() -> None:
     for phase, top in phases.items():
         print(f"| highest RSS sampled while {phase} | {top / mb:.1f} MiB | – |")
     if restart is not None:
-        stopped, ready, back, after = restart
+        stopped, ready, back, after, journal = restart
         print(
             f"| restart ({args.restart}): stopped / ready again | {stopped:.1f} s / {ready:.1f} s "
-            f"({back:,} calls active again) | – |"
+            f"({back:,} calls active again; journal to replay {journal / 1e6:.1f} MB) | – |"
         )
         print(f"| RSS after the restart | {after['VmRSS'] / mb:.1f} MiB, peak (VmHWM) "
               f"{after['VmHWM'] / mb:.1f} MiB | – |")
