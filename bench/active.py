@@ -224,8 +224,13 @@ def main() -> None:
 
             restart = None
             if args.restart == "kill-busy":
-                restart = restart_daemon()  # at once: the journal holds the traffic since the
-                # last snapshot, which the restarted daemon must replay
+                # Before any snapshot holds the last calls: the journal holds the traffic since
+                # the last one, which the restarted daemon must replay. 0.5 s first so the
+                # daemon has read the last datagrams: what is still in the socket buffer of
+                # a killed process is lost with it (UDP; a first run killed at once lost the
+                # last 4 calls' answers that way).
+                time.sleep(0.5)
+                restart = restart_daemon()
             settle(active, n, quiet=5)
             sampler.phase = "active"
             snap = d / "var" / "dialogs" / "snapshot"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import signal
 import time
@@ -82,6 +84,7 @@ class App:
             for listener in self.listeners:
                 await listener.bind()
             await self._recover()
+            release_free_heap()
             for listener in self.listeners:
                 await listener.start()
         except BaseException:
@@ -107,17 +110,35 @@ class App:
         self.pipeline = Pipeline(runtime, tracker, self.counters, self._sink, now_us)
         for item in pending:
             self.pipeline.bill(item)
-        replayed = 0
-        for entry in recovered.entries():
-            sender = _split_sender(entry.sender)
-            if entry.kind == HEP:
-                self.pipeline.feed_hep([(entry.payload, sender)])
-            elif entry.kind == CDR:
-                self.pipeline.feed_cdr([(entry.payload, sender)])
-            replayed += 1
+        replayed = self._replay(recovered)
         if pending or replayed:
             log.info("recovered %d pending calls and %d journalled datagrams",
                      len(pending), replayed)
+
+    def _replay(self, recovered: Recovered) -> int:
+        """Feed the journalled datagrams through the pipeline again, in order, in batches."""
+        feeds = {HEP: self.pipeline.feed_hep, CDR: self.pipeline.feed_cdr}
+        senders: dict[str, Addr] = {}  # a proxy sends from a handful of addresses
+        batch: list[tuple[bytes, Addr]] = []
+        kind = HEP
+        replayed = 0
+        for entry in recovered.entries():
+            if entry.kind not in feeds:
+                continue  # not a kind this build writes: nothing to feed it to
+            if (entry.kind != kind or len(batch) >= _REPLAY_BATCH) and batch:
+                feeds[kind](batch)
+                batch = []
+            kind = entry.kind
+            sender = senders.get(entry.sender)
+            if sender is None:
+                if len(senders) >= _REPLAY_BATCH:
+                    senders.clear()
+                sender = senders[entry.sender] = _split_sender(entry.sender)
+            batch.append((entry.payload, sender))
+            replayed += 1
+        if batch:
+            feeds[kind](batch)
+        return replayed
 
     async def _serve(self) -> None:
         """Metrics, control socket, ticker and watchdog, once the listeners read."""
@@ -431,6 +452,9 @@ def plan_files(config: Config) -> dict[str, str]:
             for p in config.rate_plans}
 
 
+_REPLAY_BATCH = 512  # journalled datagrams per pipeline call when replaying
+
+
 def _split_sender(text: str) -> Addr:
     host, _, port = text.rpartition(":")
     return (host, int(port) if port.isdigit() else 0)
@@ -480,3 +504,22 @@ def run(config_path: Path) -> int:
         return uvloop.run(serve(config_path))
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency
         return asyncio.run(serve(config_path))
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc `malloc_trim`), if there is one.
+
+    Recovery parses hundreds of thousands of journalled datagrams whose payloads (> 512 bytes,
+    so outside Python's small-object allocator) are malloc'ed and freed between the tracker's
+    long-lived objects; glibc keeps those holes mapped. Measured with bench/active.py
+    --restart kill-busy: see bench/README.md "Active calls". A no-op where libc has no
+    malloc_trim (musl, macOS).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from rating.units import format_time
 from sip.dialog import Tracker, encode_state
 from sip.message import parse
 from vmgated import state
-from vmgated.journal import Journal
+from vmgated.journal import CDR, HEP, Journal
 
 
 @pytest.fixture
@@ -213,5 +214,34 @@ def test_datagrams_sent_while_a_restart_restores_its_dialogs_wait_and_are_billed
         e.wait_calls(1)
         assert_billed_once(e, c, 60)
         assert e.ctl_json("status")["active_calls"] == 30_000
+    finally:
+        e.daemon.stop()
+
+
+def test_journal_of_hep_and_cdr_interleaved_is_replayed_in_order_at_start(
+    tmp_path: Path,
+) -> None:
+    # As kill -9 leaves it: no snapshot, a journal holding a HEP call's setup, a CDR line,
+    # then the HEP call's teardown. The start replays them (in batches, kinds in order).
+    e = make_env(tmp_path, cdr=True, start=False)
+    c = Call("journalled-hep", answer=BASE + 2 * S, end=BASE + 47 * S)
+    line = json.dumps({
+        "call_id": "journalled-cdr", "trunk": "acme-1", "client": "gw-01", "caller": "1555",
+        "callee": "12025550100", "start": format_time(BASE), "answer": format_time(BASE + S),
+        "end": format_time(BASE + 21 * S), "sip_code": 200,
+    }).encode()  # fmt: skip
+    proxy = ("127.0.0.1", 5060)
+    journal = Journal(e.dir / "var")
+    journal.recover()
+    journal.append(HEP, [(d, proxy) for d in to_hep(setup_messages(c), c.capture_id)])
+    journal.append(CDR, [(line, ("127.0.0.1", 4000))])
+    journal.append(HEP, [(d, proxy) for d in to_hep(teardown_messages(c), c.capture_id)])
+    journal.close()
+    try:
+        e.daemon.start()
+        by_id = {x["call_id"]: x for x in e.wait_calls(2)}
+        assert by_id["journalled-cdr"]["billsec"] == 20
+        assert_billed_once(e, c, 45)
+        assert "recovered 0 pending calls and" in e.daemon.logs()
     finally:
         e.daemon.stop()
