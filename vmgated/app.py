@@ -80,9 +80,14 @@ class App:
             self.listeners.append(self._listener(spec, self._on_hep, "hep"))
         for spec in cfg.listen.cdr:
             self.listeners.append(self._listener(spec, self._on_cdr, "cdr"))
+        inherited = systemd.listen_sockets()
         try:
             for listener in self.listeners:
-                await listener.bind()
+                await listener.bind(inherited)
+            for sock in inherited:
+                log.warning("socket from systemd on %s matches no `listen:` entry; closed",
+                            sock.getsockname())
+                sock.close()
             await self._recover()
             release_free_heap()
             for listener in self.listeners:

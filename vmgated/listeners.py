@@ -133,26 +133,37 @@ class UdpListener:
         assert self._sock is not None, "start() first"
         return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
-    async def bind(self) -> None:
+    async def bind(self, inherited: list[socket.socket] | None = None) -> None:
         """Bind the socket without reading it; OSError (address in use...) goes to the caller.
 
         From here on the kernel queues datagrams in the socket's receive buffer, so the
         daemon binds before it recovers its state and starts reading after: what arrives
         during a restart's recovery waits instead of being refused (ICMP port unreachable).
+        A socket of `inherited` (socket activation) bound to this address is taken from the
+        list and used instead of a new one.
         """
         if self._sock is not None:
             return
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         family, _, _, _, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            self._set_rcvbuf(sock)
-            sock.bind(sockaddr)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
+        for i, given in enumerate(inherited or ()):
+            if given.family == family and given.getsockname()[:2] == sockaddr[:2]:
+                sock = (inherited or []).pop(i)
+                self._set_rcvbuf(sock)
+                sock.setblocking(False)
+                log.info("%s udp %s:%s: socket from systemd", self.input_name, self.host,
+                         self.port)
+                break
+        else:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                self._set_rcvbuf(sock)
+                sock.bind(sockaddr)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
         self._sock = sock
         self._v6 = family == socket.AF_INET6
 
@@ -303,7 +314,7 @@ class InterfaceListeners:
         bound = ", ".join(item.describe() for item in self.listeners.values()) or "no address"
         return f"interface {self.ifname}: {bound}"
 
-    async def bind(self) -> None:
+    async def bind(self, inherited: list[socket.socket] | None = None) -> None:
         """Bind the interface's current addresses without reading them (see UdpListener.bind)."""
         from vmgated.netwatch import resolve
 
@@ -316,7 +327,7 @@ class InterfaceListeners:
         for host in sorted(addresses - self.listeners.keys()):
             listener = self.make(host)
             try:
-                await listener.bind()
+                await listener.bind(inherited)
             except OSError as exc:
                 log.warning("interface %s: cannot listen on %s: %s", self.ifname, host, exc)
                 continue

@@ -1,4 +1,5 @@
-"""The systemd service protocol without libsystemd: readiness, reload, stop, status, watchdog.
+"""The systemd service protocol without libsystemd: readiness, reload, stop, status, watchdog,
+and the sockets of socket activation.
 
 Same wire format as systemd's `notify-selfcontained-example.py`: one datagram of
 `KEY=value` lines to the AF_UNIX socket named by `$NOTIFY_SOCKET` (a path, or `@name` for
@@ -13,6 +14,7 @@ import socket
 import time
 
 __all__ = [
+    "listen_sockets",
     "notify",
     "ready",
     "reloading",
@@ -21,6 +23,42 @@ __all__ = [
     "watchdog_interval",
     "watchdog_ping",
 ]
+
+
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): passed sockets are fds 3, 4, ...
+
+
+def listen_sockets() -> list[socket.socket]:
+    """The datagram sockets systemd passed to this process (socket activation), in order.
+
+    Per sd_listen_fds(3): `$LISTEN_FDS` sockets from fd 3 on, meant for us only if
+    `$LISTEN_PID` is our pid; the variables are then removed so that no child takes them
+    for its own. Why the daemon wants this: the socket belongs to systemd, not to the
+    process, so what arrives while vmgated is killed and restarted (`Restart=on-failure`)
+    queues in the socket's buffer instead of being lost with the process. Non-UDP fds are
+    left alone (and not returned).
+    """
+    try:
+        pid = int(os.environ.get("LISTEN_PID", ""))
+        count = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if pid != os.getpid() or count <= 0:
+        return []
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    out: list[socket.socket] = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue  # not a socket
+        if sock.type != socket.SOCK_DGRAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            sock.detach()  # not ours to close
+            continue
+        os.set_inheritable(fd, False)
+        out.append(sock)
+    return out
 
 
 def _notify_address() -> str | None:

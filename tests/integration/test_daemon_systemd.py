@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from sipcalls import make_env, wait_for
+from sipcalls import (
+    BASE,
+    Call,
+    Env,
+    S,
+    make_env,
+    send,
+    setup_messages,
+    teardown_messages,
+    to_hep,
+    wait_for,
+)
 
 
 def drain(sock: socket.socket) -> list[str]:
@@ -49,3 +62,64 @@ def test_ready_reloading_watchdog_stopping(tmp_path: Path) -> None:
             assert final == ["STOPPING=1"], final
         finally:
             env.daemon.stop()
+
+
+# Runs the daemon as systemd does with socket activation: the socket on fd 3, $LISTEN_FDS=1,
+# $LISTEN_PID = the daemon's own pid (set after fork, kept across exec).
+_ACTIVATED = (
+    "import os, sys\n"
+    "os.dup2(int(sys.argv[1]), 3)\n"
+    "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='hep')\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'vmgated.main', '--config', sys.argv[2]])\n"
+)
+
+
+def start_activated(env: Env, held: socket.socket) -> None:
+    with open(env.daemon.log, "ab") as log:
+        env.daemon.proc = subprocess.Popen(
+            [sys.executable, "-c", _ACTIVATED, str(held.fileno()), str(env.config)],
+            cwd=env.dir, stdout=log, stderr=subprocess.STDOUT, env=env.daemon.env,
+            pass_fds=(held.fileno(),),
+        )  # fmt: skip
+    wait_for(lambda: env.ctl("status", check=False).returncode == 0, timeout=30)
+
+
+def test_socket_activation_keeps_what_arrives_while_the_daemon_is_killed(tmp_path: Path) -> None:
+    env = make_env(tmp_path, start=False)
+    c = Call("activated-1", answer=BASE + 2 * S, end=BASE + 32 * S)
+    # The test holds the socket as systemd would: it outlives every daemon process.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", env.hep_port))
+        try:
+            start_activated(env, held)
+            assert f"hep udp 127.0.0.1:{env.hep_port}: socket from systemd" in env.daemon.logs()
+            send(env.hep_port, to_hep(setup_messages(c), c.capture_id))
+            wait_for(lambda: env.ctl_json("status")["active_calls"] == 1)
+            env.daemon.kill9()
+            # No vmgated runs now. Without socket activation these would be refused and the
+            # call would stay open until max_duration.
+            send(env.hep_port, to_hep(teardown_messages(c), c.capture_id))
+            start_activated(env, held)
+            (billed,) = env.wait_calls(1)
+            assert (billed["call_id"], billed["billsec"]) == ("activated-1", 30)
+            assert env.ctl_json("status")["active_calls"] == 0
+        finally:
+            env.daemon.stop()
+
+
+def test_listen_sockets_takes_only_what_systemd_passed_to_this_pid() -> None:
+    code = (
+        "import os, socket\n"
+        "from vmgated import systemd\n"
+        "udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(('127.0.0.1', 0))\n"
+        "os.dup2(udp.fileno(), 3)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid() + 1), LISTEN_FDS='1')\n"
+        "assert systemd.listen_sockets() == []  # another process's sockets\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "(got,) = systemd.listen_sockets()\n"
+        "assert got.fileno() == 3 and got.getsockname() == udp.getsockname()\n"
+        "assert 'LISTEN_FDS' not in os.environ and 'LISTEN_PID' not in os.environ\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from vmgated import systemd
+from vmgated.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "vmgated.service"
@@ -196,3 +197,26 @@ def test_daemon_stack_runs_under_memory_deny_write_execute() -> None:
                             timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["HEP3", "True", "2"]
+
+
+SOCKET_UNIT = ROOT / "systemd" / "vmgated.socket"
+
+
+def test_socket_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify needs the service it activates beside it.
+    binary = Path(sys.executable).parent / "vmgated"
+    service = UNIT.read_text().replace("/usr/local/bin/vmgated", str(binary))
+    (tmp_path / "vmgated.service").write_text(service)
+    unit = tmp_path / "vmgated.socket"
+    unit.write_text(SOCKET_UNIT.read_text())
+    analyze = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and output.strip() == "", output
+
+
+def test_socket_unit_listens_where_the_example_config_does() -> None:
+    config = load_config(ROOT / "conf" / "vmgated.yaml")
+    wanted = {f"{s.address}:{s.port}" for s in (*config.listen.hep, *config.listen.cdr)}
+    assert set(_unit_directives(SOCKET_UNIT.read_text())["ListenDatagram"]) == wanted
