@@ -54,27 +54,27 @@ def members(text: str, streamed: frozenset[str]) -> Iterator[Member]:
             if text[pos : pos + 1] == "]":
                 pos += 1
             else:
-                while True:
+                closed = False
+                while not closed:
                     value, pos = decode(text, pos)
                     yield Member(name, value, True)
-                    pos = _skip(text, pos)
-                    sep = text[pos : pos + 1]
-                    pos = _skip(text, pos + 1)
-                    if sep == "]":
-                        break
-                    if sep != ",":
-                        raise ValueError(f"offset {pos}: expected ',' or ']' in {name!r}")
+                    pos, closed = _separator(text, pos, "]")
         else:
             value, pos = decode(text, pos)
             yield Member(name, value, False)
-        pos = _skip(text, pos)
-        sep = text[pos : pos + 1]
-        pos = _skip(text, pos + 1)
-        if sep == "}":
+        pos, closed = _separator(text, pos, "}")
+        if closed:
             _expect_end(text, pos)
             return
-        if sep != ",":
-            raise ValueError(f"offset {pos}: expected ',' or '}}'")
+
+
+def _separator(text: str, pos: int, close: str) -> tuple[int, bool]:
+    """Past the ',' or the `close` bracket after a value: (position, True if it was `close`)."""
+    pos = _skip(text, pos)
+    sep = text[pos : pos + 1]
+    if sep != "," and sep != close:
+        raise ValueError(f"offset {pos}: expected ',' or {close!r}")
+    return _skip(text, pos + 1), sep == close
 
 
 def _expect_end(text: str, pos: int) -> None:

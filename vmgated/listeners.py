@@ -325,13 +325,7 @@ class InterfaceListeners:
         self._wanted = addresses
         self._bound = True
         for host in sorted(addresses - self.listeners.keys()):
-            listener = self.make(host)
-            try:
-                await listener.bind(inherited)
-            except OSError as exc:
-                log.warning("interface %s: cannot listen on %s: %s", self.ifname, host, exc)
-                continue
-            self.listeners[host] = listener
+            await self._open(host, inherited, read=False)
 
     async def start(self) -> None:
         """Start reading what `bind` bound (binding first if it was not called), then follow
@@ -373,13 +367,20 @@ class InterfaceListeners:
                 self.listeners.pop(host).stop()
             await asyncio.sleep(0)  # uvloop closes sockets on the next iteration: free ports
             for host in sorted(wanted - self.listeners.keys()):
-                listener = self.make(host)
-                try:
-                    await listener.start()
-                except OSError as exc:
-                    # The address may already be gone again; the next netlink event retries.
-                    log.warning("interface %s: cannot listen on %s: %s", self.ifname, host, exc)
-                    continue
-                self.listeners[host] = listener
+                await self._open(host, None, read=True)
             if wanted is self._wanted:
                 return
+
+    async def _open(self, host: str, inherited: list[socket.socket] | None, read: bool) -> None:
+        """Bind (and with `read`, start) a listener on `host`; a failure is logged, not raised:
+        the address may already be gone again, and the next netlink event retries."""
+        listener = self.make(host)
+        try:
+            await listener.bind(inherited)
+            if read:
+                await listener.start()
+        except OSError as exc:
+            listener.stop()
+            log.warning("interface %s: cannot listen on %s: %s", self.ifname, host, exc)
+            return
+        self.listeners[host] = listener
