@@ -16,7 +16,7 @@ import uvloop
 from vmgated.listeners import Batch, InterfaceListeners, UdpListener
 from vmgated.metrics import Counters
 from vmgated.netwatch import resolve
-from vmgated.procnet import udp_drops
+from vmgated.procnet import socket_inode, udp_drops
 
 T = TypeVar("T")
 
@@ -328,5 +328,39 @@ def test_interface_listeners_follow_address_changes(test_interface: str) -> None
         assert group.addresses == frozenset()
         # The closed listeners release their ports (uvloop closes at the next iteration).
         await until(lambda: _can_bind("203.0.113.78") and _can_bind("fd00:77::1"))
+
+    run(main())
+
+
+def test_interface_listeners_adopt_a_passed_socket_and_bind_later_addresses(
+    test_interface: str,
+) -> None:
+    async def main() -> None:
+        received: list[tuple[bytes, str]] = []
+
+        def make(host: str) -> UdpListener:
+            def on_batch(batch: Batch) -> None:
+                received.extend((data, host) for data, _ in batch)
+            return UdpListener(host, FOLLOW_PORT, on_batch)
+
+        _add("198.51.100.77/24")
+        # As systemd passes it: bound before the daemon, already holding a datagram.
+        passed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        passed.bind(("198.51.100.77", FOLLOW_PORT))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"queued before start", ("198.51.100.77", FOLLOW_PORT))
+        inherited = [passed]
+        group = InterfaceListeners(test_interface, make)
+        await group.bind(inherited)
+        assert inherited == []  # taken, not copied
+        await group.start()
+        try:
+            assert group.listeners["198.51.100.77"].inode == socket_inode(passed)
+            await until(lambda: (b"queued before start", "198.51.100.77") in received)
+            _add("203.0.113.78/24")
+            await until(lambda: "203.0.113.78" in group.addresses)
+            await _round_trip("203.0.113.78", received, b"later address")
+        finally:
+            group.stop()
 
     run(main())
