@@ -508,20 +508,17 @@ class Tracker:
         t = cls(**kwargs)
         try:
             head: dict[str, Any] = {}
-            version: int | None = None
             waiting: list[Member] = []  # elements read before the format and version
             for member in members(bytes(data).decode("utf-8"), _STREAMED):
                 if not member.element:
                     if member.name in _STREAMED:
                         raise StateError(f"{member.name!r} is not an array")
                     head[member.name] = member.value
-                elif version is None and not ("format" in head and "version" in head):
-                    waiting.append(member)
+                elif "format" in head and "version" in head:
+                    t._restore_member(_check_head(head), member)
                 else:
-                    if version is None:
-                        version = _check_head(head)
-                    t._restore_member(version, member)
-            version = _check_head(head) if version is None else version
+                    waiting.append(member)
+            version = _check_head(head)
             for member in waiting:
                 t._restore_member(version, member)
             known = {f.name for f in fields(TrackerStats)}

@@ -288,6 +288,18 @@ async def _round_trip(host: str, received: list[tuple[bytes, str]], payload: byt
     await until(lambda: (payload, host) in received)
 
 
+def _collecting(received: list[tuple[bytes, str]]) -> Callable[[str], UdpListener]:
+    """A listener factory for InterfaceListeners that records (payload, listening host)."""
+
+    def make(host: str) -> UdpListener:
+        def on_batch(batch: Batch) -> None:
+            received.extend((data, host) for data, _ in batch)
+
+        return UdpListener(host, FOLLOW_PORT, on_batch)
+
+    return make
+
+
 def test_resolve_lists_bindable_addresses(test_interface: str) -> None:
     assert resolve(test_interface) == frozenset()
     _add("198.51.100.77/24")
@@ -299,11 +311,7 @@ def test_resolve_lists_bindable_addresses(test_interface: str) -> None:
 def test_interface_listeners_follow_address_changes(test_interface: str) -> None:
     async def main() -> None:
         received: list[tuple[bytes, str]] = []
-
-        def make(host: str) -> UdpListener:
-            def on_batch(batch: Batch) -> None:
-                received.extend((data, host) for data, _ in batch)
-            return UdpListener(host, FOLLOW_PORT, on_batch)
+        make = _collecting(received)
 
         _add("198.51.100.77/24")
         group = InterfaceListeners(test_interface, make)
@@ -337,11 +345,7 @@ def test_interface_listeners_adopt_a_passed_socket_and_bind_later_addresses(
 ) -> None:
     async def main() -> None:
         received: list[tuple[bytes, str]] = []
-
-        def make(host: str) -> UdpListener:
-            def on_batch(batch: Batch) -> None:
-                received.extend((data, host) for data, _ in batch)
-            return UdpListener(host, FOLLOW_PORT, on_batch)
+        make = _collecting(received)
 
         _add("198.51.100.77/24")
         # As systemd passes it: bound before the daemon, already holding a datagram.
