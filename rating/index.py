@@ -67,7 +67,7 @@ class IndexedRow:
         return f"IndexedRow({self.dest!r})"
 
 
-class _Code:
+class Code:
     """All rows of one code as a timeline, plus the next shorter code for fallback."""
 
     __slots__ = ("code", "last_row", "last_start", "parent", "rows", "starts")
@@ -80,7 +80,7 @@ class _Code:
         self.rows = rows
         self.last_start = starts[-1]
         self.last_row = rows[-1]
-        self.parent: _Code | None = None
+        self.parent: Code | None = None
 
     def at(self, when: EpochUs) -> IndexedRow | None:
         """The row of this code valid at `when`, or None."""
@@ -88,6 +88,16 @@ class _Code:
             return self.last_row
         i = bisect_right(self.starts, when) - 1
         return self.rows[i] if i >= 0 else None
+
+    def resolve(self, when: EpochUs) -> IndexedRow | None:
+        """The row valid at `when` of this code, else of the longest shorter code that has one."""
+        entry: Code | None = self
+        while entry is not None:
+            row = entry.last_row if when >= entry.last_start else entry.at(when)
+            if row is not None:
+                return row
+            entry = entry.parent
+        return None
 
 
 def _timeline(rows: list[IndexedRow]) -> tuple[tuple[int, ...], tuple[IndexedRow | None, ...]]:
@@ -125,7 +135,7 @@ class PrefixIndex:
 
     __slots__ = ("_codes", "_lengths", "_plan", "_row_count")
 
-    def __init__(self, plan: RatePlan, codes: dict[str, _Code], row_count: int) -> None:
+    def __init__(self, plan: RatePlan, codes: dict[str, Code], row_count: int) -> None:
         self._plan = plan
         self._codes = codes
         self._row_count = row_count
@@ -159,10 +169,10 @@ class PrefixIndex:
                 grouped[dest.code] = [row]
             else:
                 group.append(row)
-        codes: dict[str, _Code] = {}
+        codes: dict[str, Code] = {}
         for code, group in grouped.items():
             starts, winners = _timeline(group)
-            codes[code] = _Code(code, starts, winners)
+            codes[code] = Code(code, starts, winners)
         for code, entry in codes.items():
             # The longest shorter code that is a prefix of this one (down to the catch-all).
             for length in range(len(code) - 1, -1, -1):
@@ -190,22 +200,26 @@ class PrefixIndex:
         """The distinct codes, in deck order of first appearance."""
         return iter(self._codes)
 
-    def match(self, digits: str, at: EpochUs) -> IndexedRow | None:
-        """The row that prices `digits` at `at`: longest valid prefix, with fallback."""
+    def longest(self, digits: str) -> Code | None:
+        """The longest code that is a prefix of `digits`, whatever its rows' validity.
+
+        Independent of time, so a caller may keep it per number (the rater does) and
+        finish with `Code.resolve`, which walks to shorter codes when this one has no row
+        valid at the call's start.
+        """
         get = self._codes.get
         size = len(digits)
-        entry: _Code | None = None
         for length in self._lengths:
             if length <= size:
                 entry = get(digits[:length])
                 if entry is not None:
-                    break
-        while entry is not None:
-            row = entry.last_row if at >= entry.last_start else entry.at(at)
-            if row is not None:
-                return row
-            entry = entry.parent
+                    return entry
         return None
+
+    def match(self, digits: str, at: EpochUs) -> IndexedRow | None:
+        """The row that prices `digits` at `at`: longest valid prefix, with fallback."""
+        entry = self.longest(digits)
+        return None if entry is None else entry.resolve(at)
 
     def lookup(self, digits: str, at: EpochUs) -> Destination | None:
         """The destination row that prices `digits` for a call starting at `at`, or None."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 from rating.units import EpochUs
 
@@ -55,9 +56,12 @@ class RatePlan:
     destinations: tuple[Destination, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """One party's rating of one call: either rated (amount set) or unrated (reason set)."""
+class Leg(NamedTuple):
+    """One party's rating of one call: either rated (amount set) or unrated (reason set).
+
+    A NamedTuple rather than a frozen dataclass: the rater builds up to three per call and a
+    dataclass costs ~1 µs to build against ~0.15 µs for a tuple (SPEC §10's legs/s target).
+    """
 
     party: Party
     plan: str | None
@@ -78,9 +82,11 @@ class Leg:
         return self.unrated is None
 
 
-@dataclass(frozen=True, slots=True)
-class RatedCall:
-    """The three legs of one call and the tenant's margin (charge − payouts, rated legs only)."""
+class RatedCall(NamedTuple):
+    """The three legs of one call and the tenant's margin (charge − payouts, rated legs only).
+
+    A NamedTuple for the same reason as `Leg`: one is built per rated call.
+    """
 
     number: str  # normalised digits that were matched
     start: EpochUs

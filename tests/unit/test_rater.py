@@ -175,6 +175,38 @@ def test_memoised_legs_equal_fresh_ones(rater: Rater) -> None:
     assert hash(again) == hash(fresh)
 
 
+def test_a_number_seen_before_is_still_priced_by_the_row_valid_at_each_call() -> None:
+    """The rater remembers each number's longest code, never the row: time is resolved per call."""
+    promo = plan(
+        "promo",
+        Scope.CUSTOMER,
+        "44,UK,2026-01-01,,0.0200,,60,60",
+        "4420,London promo,2026-06-01,2026-12-01,0.0100,,60,60",
+        "4420,London 2027,2027-01-01,,0.0300,,60,60",
+    )
+    rater = Rater({"promo": promo}, {"t": TrunkTariff("t", "acme", "promo", "")}, {})
+    times = {
+        "2027-02-01T00:00:00Z": ("4420", 30_000),  # the 2027 row: the code's last segment
+        "2026-07-01T00:00:00Z": ("4420", 10_000),  # the promo, found by bisect
+        "2026-12-15T00:00:00Z": ("44", 20_000),  # promo over, 2027 not yet: falls back to 44
+        "2026-03-01T00:00:00Z": ("44", 20_000),  # before any 4420 row
+    }
+    for _ in range(2):  # the second round finds the number in the memo
+        for when, (prefix, amount) in times.items():
+            leg = rater.rate("442071234567", "t", None, parse_time(when), 60).customer
+            assert (leg.prefix, leg.amount) == (prefix, amount), when
+
+
+def test_the_number_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rating.rater._CODES_LIMIT", 8)
+    rater = Rater(PLANS, TRUNKS, CLIENTS)
+    for n in range(50):
+        call = rater.rate(f"4420{n:08d}", "acme-1", "gw-01", NOV, 61)
+        assert call.customer.prefix == "4420"
+    assert 0 < len(rater._plans["retail"].codes) <= 8
+    assert rater.rate("999", "acme-1", "gw-01", NOV, 61).customer.unrated == "no_rate"
+
+
 def test_sample_tenant_rates_the_readme_example() -> None:
     scopes = {
         "retail-a": Scope.CUSTOMER,
