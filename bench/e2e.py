@@ -1,6 +1,7 @@
 """End-to-end throughput: HEP → CDR → rated → durably in the ledger, at increasing rates.
 
     /work/venv/bin/python bench/e2e.py [--rates 10000,20000,...] [--seconds 5] [--profile DIR]
+                                       [--no-raw] [--deck-prefixes 100000]
 
 Starts a real vmgated (`python -m vmgated.main`, own tmp state dir, the tenant of
 tests/e2e/daemon.py: trunk 127.0.0.11, client 127.0.0.21), then for each rate a SECOND process
@@ -17,7 +18,10 @@ calls billed (counted read-only in the ledger after the daemon drained), kernel 
 yes/no, and BYE → durable commit latency p50/p99: the sender records the wall time each call's
 first BYE left (end of its 1 ms burst), a poller thread reads new `calls` rows read-only every
 POLL_S and stamps when it first saw each one (a row is visible only once its COMMIT is done,
-so this is an upper bound of the commit time with POLL_S + query time resolution).
+so this is an upper bound of the commit time with POLL_S + query time resolution). Also per
+rate: seconds the daemon spent in cycle collections (`vmgated_gc_pause_seconds_total` delta)
+and its longest collection so far. `--deck-prefixes N` prices with three generated N-prefix
+decks (bench/gen_deck.py, one per plan) instead of the tenant's small ones.
 
 Baseline in the same run: the same sender at the same rates against a minimal uvloop
 `DatagramProtocol` that only counts datagrams (same 32 MiB receive buffer), plus one unpaced
@@ -281,6 +285,26 @@ def scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
+def gc_seconds(text: str) -> tuple[float, int]:
+    """(seconds in cycle collections, full collections) so far; zeros if not exported."""
+    seconds = sum(float(metric_value(text, "vmgated_gc_pause_seconds_total", generation=str(g))
+                        or 0) for g in range(3))
+    full = int(metric_value(text, "vmgated_gc_collections_total", generation="2") or 0)
+    return seconds, full
+
+
+def big_decks(directory: Path, cfg: Path, prefixes: int) -> None:
+    """Replace the tenant's three decks with generated `prefixes`-code decks (one per plan)."""
+    from bench.gen_deck import make_deck
+
+    text = cfg.read_text()
+    for n, name in enumerate(("retail-a", "client-std", "reseller-alpha")):
+        deck = directory / f"{name}-{prefixes}.csv"
+        deck.write_text(make_deck(prefixes, seed=20261122 + n))
+        text = re.sub(rf"deck: \S*/{name}\.csv", f"deck: {deck}", text)
+    cfg.write_text(text)
+
+
 def counters(text: str) -> tuple[int, int, int]:
     """(kernel drops, non-ok hep packets, ledger queue depth) from one exposition."""
     drops = int(float(metric_value(text, "vmgated_udp_receive_errors_total") or 0))
@@ -305,6 +329,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="traffic per rate")
     ap.add_argument("--profile", help="py-spy record the daemon into this directory")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw uvloop baseline")
+    ap.add_argument("--deck-prefixes", type=int, default=0,
+                    help="price with three generated decks of this many prefixes each")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
 
@@ -313,7 +339,9 @@ def main() -> None:
         d = Path(tmp)
         hep_port, metrics_port = free_port(), free_port(socket.SOCK_STREAM)
         cfg = write_config(d, hep_port=hep_port, metrics_port=metrics_port, capture_id=101)
-        daemon = Vmgated(cfg).start()
+        if args.deck_prefixes:
+            big_decks(d, cfg, args.deck_prefixes)
+        daemon = Vmgated(cfg).start(timeout=120)
         assert daemon.proc is not None
         spy = None
         poller = CommitPoller(d / "var" / "ledger.db")
@@ -326,7 +354,8 @@ def main() -> None:
                      "--pid", str(daemon.proc.pid)], stdout=subprocess.DEVNULL)
             poller.start()
             for n, rate in enumerate(rates):
-                before = counters(scrape(metrics_port))
+                text = scrape(metrics_port)
+                before, gc_before = counters(text), gc_seconds(text)
                 res = run_sender(hep_port, rate, args.seconds, f"r{n}z")
                 ids = set(res["bye_times"])
                 # Drained: every call in, or 3 s without progress and an empty ledger queue.
@@ -343,7 +372,9 @@ def main() -> None:
                             break
                         still = time.monotonic()
                     time.sleep(0.2)
-                after = counters(scrape(metrics_port))
+                text = scrape(metrics_port)
+                after, gc_after = counters(text), gc_seconds(text)
+                gc_max = float(metric_value(text, "vmgated_gc_pause_max_seconds") or 0)
                 lat = [poller.seen[c] - t for c, t in res["bye_times"].items()
                        if c in poller.seen]
                 results.append({
@@ -351,13 +382,18 @@ def main() -> None:
                     "achieved": res["packets"] / res["elapsed"], "calls": len(ids),
                     "billed": poller.count(ids), "drops": after[0] - before[0],
                     "bad": after[1] - before[1],
+                    "gc": gc_after[0] - gc_before[0], "gc_full": gc_after[1] - gc_before[1],
+                    "gc_max": gc_max,
                     "p50": pct(lat, 0.5) * 1000 if lat else float("nan"),
                     "p99": pct(lat, 0.99) * 1000 if lat else float("nan"),
                 })
                 r = results[-1]
                 print(f"rate {rate}: sent {r['sent']} at {r['achieved']:,.0f}/s, calls "
                       f"{r['billed']}/{r['calls']}, kernel drops {r['drops']}, non-ok {r['bad']},"
-                      f" BYE→commit p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms", flush=True)
+                      f" BYE→commit p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms, in GC "
+                      f"{r['gc']:.2f} s ({r['gc_full']} full; longest pause so far "
+                      f"{r['gc_max'] * 1000:.0f} ms)",
+                      flush=True)
         finally:
             poller.stop_flag.set()
             if spy is not None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import signal
 import time
@@ -27,6 +25,7 @@ from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
 from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, load_config
+from vmgated.heap import GcClock, freeze_long_lived, release_free_heap
 from vmgated.journal import CDR, HEP, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
 from vmgated.metrics import (
@@ -67,6 +66,7 @@ class App:
         self.last_reload: str = "never"
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_task: asyncio.Task[None] | None = None
+        self.gc_clock = GcClock()
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -89,7 +89,10 @@ class App:
                             sock.getsockname())
                 sock.close()
             await self._recover()
+            frozen = freeze_long_lived()
             release_free_heap()
+            log.info("heap: %d long-lived objects (config, rate decks, restored calls) frozen "
+                     "out of the cycle collector's walks", frozen)
             for listener in self.listeners:
                 await listener.start()
         except BaseException:
@@ -156,7 +159,9 @@ class App:
             udp_drops=self._udp_drops,
             queue_depth=lambda: self.ledger.queue_depth + len(self.backlog),
             ledger_commit=self.commit_hist,
+            gc_clock=self.gc_clock,
         )
+        self.gc_clock.install()
         self._drops = UdpDropCounter()
         assert cfg.listen.metrics.address is not None, "metrics listen needs an address"
         self.metrics = MetricsServer(self.collector, cfg.listen.metrics.address,
@@ -402,7 +407,10 @@ class App:
                 sock._decisions.clear()  # cached verdicts of the old allow-list
             self.collector.settings = self.metrics_settings(new)
             self.last_reload = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            log.info("reloaded %s", self.config_path)
+            # The new decks are the next long-lived objects (see vmgated.heap); the old ones
+            # were freed by reference counting when the runtime was swapped.
+            frozen = freeze_long_lived()
+            log.info("reloaded %s (%d objects frozen)", self.config_path, frozen)
             return "reloaded"
         finally:
             systemd.ready()
@@ -434,6 +442,7 @@ class App:
                 await self._snapshot_task  # one snapshot at a time: the journal needs that
             self.checkpoint()
             self.journal.close()
+            self.gc_clock.uninstall()
 
 
 class _Balances:
@@ -509,22 +518,3 @@ def run(config_path: Path) -> int:
         return uvloop.run(serve(config_path))
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency
         return asyncio.run(serve(config_path))
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the kernel (glibc `malloc_trim`), if there is one.
-
-    Recovery parses hundreds of thousands of journalled datagrams whose payloads (> 512 bytes,
-    so outside Python's small-object allocator) are malloc'ed and freed between the tracker's
-    long-lived objects; glibc keeps those holes mapped. Measured with bench/active.py
-    --restart kill-busy: see bench/README.md "Active calls". A no-op where libc has no
-    malloc_trim (musl, macOS).
-    """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)

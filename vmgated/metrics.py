@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import logging
 import math
 from collections import Counter
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from rating.units import format_micros
+from vmgated.heap import GcClock
 
 __all__ = [
     "CONTENT_TYPE",
@@ -242,6 +244,7 @@ class MetricsCollector:
         udp_drops: Callable[[], int] | None = None,
         queue_depth: Callable[[], int] | None = None,
         ledger_commit: Histogram | None = None,
+        gc_clock: GcClock | None = None,
         process_metrics: bool = True,
     ) -> None:
         self.counters = counters
@@ -251,6 +254,7 @@ class MetricsCollector:
         self.udp_drops = udp_drops
         self.queue_depth = queue_depth
         self.ledger_commit = ledger_commit if ledger_commit is not None else Histogram()
+        self.gc_clock = gc_clock
         self._process: CollectorRegistry | None = None
         if process_metrics:
             self._process = CollectorRegistry(auto_describe=False)
@@ -384,7 +388,29 @@ class MetricsCollector:
                            "Concurrent call ports allowed by the subscription.")
             ports.add(str(limit))
             families.append(ports)
+        if self.gc_clock is not None:
+            families += self._gc(self.gc_clock)
         return families
+
+    @staticmethod
+    def _gc(clock: GcClock) -> list[Family]:
+        # A pause here is time nobody reads the UDP socket: kernel drops that coincide with a
+        # rising generation-2 figure are the collector, not traffic.
+        spent = Family("vmgated_gc_pause_seconds_total", "counter",
+                       "Time the event loop spent in CPython cycle collections, by generation.")
+        for generation, seconds in enumerate(clock.seconds):
+            spent.add(_float_text(seconds), generation=str(generation))
+        runs = Family("vmgated_gc_collections_total", "counter",
+                      "CPython cycle collections, by generation.")
+        for generation, stats in enumerate(gc.get_stats()):
+            runs.add(str(stats["collections"]), generation=str(generation))
+        longest = Family("vmgated_gc_pause_max_seconds", "gauge",
+                         "Longest single cycle collection since the daemon started.")
+        longest.add(_float_text(clock.longest))
+        frozen = Family("vmgated_gc_frozen_objects", "gauge",
+                        "Long-lived objects (config, rate decks) the collector no longer walks.")
+        frozen.add(str(gc.get_freeze_count()))
+        return [spent, runs, longest, frozen]
 
 
 class MetricsServer:

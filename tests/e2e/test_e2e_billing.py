@@ -232,6 +232,10 @@ def test_metrics_and_balances_agree_with_the_ledger(traffic: Traffic) -> None:
     assert int(metric_value(text, "vmgated_billed_seconds_total") or -1) == \
         sum(c["billsec"] for c in calls) == 5 * 2 + 5 * 3 + 2 * 4
     assert metric_value(text, "vmgated_udp_receive_errors_total") == "0"
+    # Config, decks and modules were frozen out of the cycle collector's walks at start
+    # (vmgated.heap); 0 would mean every full collection walks the rate decks again.
+    assert int(metric_value(text, "vmgated_gc_frozen_objects") or 0) > 10_000
+    assert float(metric_value(text, "vmgated_gc_pause_max_seconds") or -1) >= 0
     assert daemon.ctl_json("ledger", "verify")["ok"] is True
 
 

@@ -59,7 +59,11 @@ def test_sighup_with_a_changed_deck_prices_new_calls_at_the_new_rate(env: Env) -
     env.wait_calls(1)
     leg = customer_leg(env, "after-hup")
     assert (leg["rate_per_min"], leg["amount"]) == ("0.012000", "0.012000")
-    assert "reloaded" in env.daemon.logs()
+    logs = env.daemon.logs()
+    assert "reloaded" in logs
+    # The new decks are frozen out of the cycle collector's walks, as at start (vmgated.heap).
+    assert re.search(r"reloaded \S+ \(\d+ objects frozen\)", logs), logs[-2000:]
+    assert re.search(r"heap: \d+ long-lived objects .* frozen", logs)
 
 
 def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import urllib.error
 import urllib.request
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
+from vmgated.heap import GcClock
 from vmgated.metrics import (
     BalanceSummary,
     Counters,
@@ -150,6 +152,23 @@ def test_commit_latency_histogram_is_cumulative() -> None:
     assert value_of(text, "vmgated_ledger_commit_seconds_count") == "2"
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["vmgated_ledger_commit_seconds"].type == "histogram"
+
+
+def test_collector_pauses_are_exported_per_generation() -> None:
+    clock = GcClock()
+    clock.seconds = [0.25, 0.0, 1.5]
+    clock.longest = 0.75
+    collector = populated()
+    collector.gc_clock = clock
+    _, _, text = scrape(collector)
+    assert value_of(text, 'vmgated_gc_pause_seconds_total{generation="0"}') == "0.25"
+    assert value_of(text, 'vmgated_gc_pause_seconds_total{generation="2"}') == "1.5"
+    assert value_of(text, "vmgated_gc_pause_max_seconds") == "0.75"
+    assert int(value_of(text, 'vmgated_gc_collections_total{generation="0"}')) > 0
+    assert value_of(text, "vmgated_gc_frozen_objects") == str(gc.get_freeze_count())
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["vmgated_gc_pause_seconds"] == "counter"
+    assert "vmgated_gc_pause_seconds_total" not in scrape(populated())[2]  # not wired: absent
 
 
 def test_per_account_series_can_be_switched_off() -> None:

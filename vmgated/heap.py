@@ -1,0 +1,93 @@
+"""The process heap: keeping CPython's cycle collector off the long-lived objects, and
+handing freed C memory back to the kernel.
+
+Why the cycle collector matters here: a 100,000-prefix rate deck is ~370,000 tracked objects
+per plan (rows, tariffs, timeline tuples), and a tenant with three such plans holds over a
+million. Every full (generation 2) collection walks all of them on the event loop: ~250 ms
+per million objects measured on the 2-core sandbox, during which nothing reads the UDP
+socket. At 30,000 packets/s that is 7,500 datagrams waiting in the kernel per collection.
+
+What is done about it: once the daemon has loaded its config and recovered its state, and
+again after each reload, everything alive is moved to the collector's permanent generation
+(`gc.freeze`), which collections never walk. Frozen objects are still freed by reference
+counting as soon as nothing refers to them (the old rater after a reload, a restored dialog
+when its call ends); only *cyclic* garbage among them would never be collected. Checked by
+tests/unit/test_heap.py: a dropped `Runtime` (config, rater, attributor) and a dropped
+`Tracker` leave no cycles. A full collection runs first, so garbage present at that moment
+is not frozen with the rest.
+
+`GcClock` measures each collection's pause (gc.callbacks) for /metrics, so an operator who
+sees kernel drops can tell a collector stall from an overload.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import time
+from typing import Any
+
+__all__ = ["GcClock", "freeze_long_lived", "release_free_heap"]
+
+
+def freeze_long_lived() -> int:
+    """Collect once, then move every surviving object out of the collector's sight.
+
+    Returns the number of objects now frozen (for the log line).
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the kernel (glibc `malloc_trim`), if there is one.
+
+    Recovery parses hundreds of thousands of journalled datagrams whose payloads (> 512 bytes,
+    so outside Python's small-object allocator) are malloc'ed and freed between the tracker's
+    long-lived objects; glibc keeps those holes mapped. Measured with bench/active.py
+    --restart kill-busy: see bench/README.md "Active calls". A no-op where libc has no
+    malloc_trim (musl, macOS).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+class GcClock:
+    """Time spent in cycle collections per generation, and the longest single pause."""
+
+    __slots__ = ("_started", "longest", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        """The gc.callbacks hook: called at the start and the stop of each collection."""
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info.get("generation", 2)
+        if 0 <= generation <= 2:
+            self.seconds[generation] += pause
+        if pause > self.longest:
+            self.longest = pause
+
+    def install(self) -> None:
+        """Start measuring (idempotent)."""
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        """Stop measuring."""
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
