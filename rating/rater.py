@@ -50,7 +50,7 @@ _PARTY_OF_SCOPE = {
 }
 _SCOPE_OF_PARTY = {party: scope for scope, party in _PARTY_OF_SCOPE.items()}
 _MEMO_LIMIT = 1 << 16  # legs memoised per plan before the memo starts afresh
-_CODES_LIMIT = 1 << 17  # numbers whose longest code is remembered, per plan
+_CODES_LIMIT = 1 << 16  # numbers whose longest code is remembered, per plan (~2 MiB)
 _CHARGED_BITS = 24  # memo key = row serial << 24 | charged seconds (up to ~194 days)
 _CHARGED_MAX = 1 << _CHARGED_BITS
 
