@@ -51,6 +51,7 @@ _PARTY_OF_SCOPE = {
 _SCOPE_OF_PARTY = {party: scope for scope, party in _PARTY_OF_SCOPE.items()}
 _MEMO_LIMIT = 1 << 16  # legs memoised per plan before the memo starts afresh
 _CODES_LIMIT = 1 << 16  # numbers whose longest code is remembered, per plan (~2 MiB)
+_CODES_DIGITS = 32  # longer "numbers" (E.164 has 15 digits) are garbage: looked up, not kept
 _CHARGED_BITS = 24  # memo key = row serial << 24 | charged seconds (up to ~194 days)
 _CHARGED_MAX = 1 << _CHARGED_BITS
 
@@ -104,9 +105,11 @@ class _PlanRater:
         try:
             code = codes[digits]
         except KeyError:
-            if len(codes) >= _CODES_LIMIT:
-                codes.clear()
-            code = codes[digits] = self.index.longest(digits)
+            code = self.index.longest(digits)
+            if len(digits) <= _CODES_DIGITS:
+                if len(codes) >= _CODES_LIMIT:
+                    codes.clear()
+                codes[digits] = code
         if code is None:
             return self.no_rate
         row = code.last_row if start >= code.last_start else None

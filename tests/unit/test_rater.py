@@ -204,6 +204,10 @@ def test_the_number_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         call = rater.rate(f"4420{n:08d}", "acme-1", "gw-01", NOV, 61)
         assert call.customer.prefix == "4420"
     assert 0 < len(rater._plans["retail"].codes) <= 8
+    rater._plans["retail"].codes.clear()
+    huge = "4420" + "1" * 10_000  # garbage from the wire: rated, never kept
+    assert rater.rate(huge, "acme-1", "gw-01", NOV, 61).customer.prefix == "4420"
+    assert not rater._plans["retail"].codes
     assert rater.rate("999", "acme-1", "gw-01", NOV, 61).customer.unrated == "no_rate"
 
 
