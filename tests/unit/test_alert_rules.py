@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from vmgated.heap import GcClock
 from vmgated.metrics import BalanceSummary, Counters, MetricsCollector, MetricsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ def exported_names() -> set[str]:
         counters, settings=MetricsSettings(concurrent_ports_limit=10,
                                            account_info=(("customer", "acme", "prepaid"),)),
         balances=_Balances(), active_calls=lambda: {("t", "b"): 1}, udp_drops=lambda: 0,
-        queue_depth=lambda: 0, process_metrics=False)
+        queue_depth=lambda: 0, gc_clock=GcClock(), process_metrics=False)
     text = collector.render().decode()
     return {m.group(0) for m in METRIC.finditer(text)}
 
@@ -127,7 +128,8 @@ def test_dashboard_shows_what_the_spec_promises() -> None:
                      "Owed to Resellers"}
     titles = " | ".join(p["title"] for p in panels)
     for word in ("Calls/s", "ASR per trunk", "ASR per VMGateClient", "ACD per trunk",
-                 "ACD per VMGateClient", "Margin", "port limit", "Drops", "Ledger commit"):
+                 "ACD per VMGateClient", "Margin", "port limit", "Drops", "Ledger commit",
+                 "cycle collector"):
         assert word in titles, word
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
