@@ -150,7 +150,9 @@ class UdpListener:
         for i, given in enumerate(inherited or ()):
             if given.family == family and given.getsockname()[:2] == sockaddr[:2]:
                 sock = (inherited or []).pop(i)
-                self._set_rcvbuf(sock)
+                # `ReceiveBuffer=` of the socket unit may be larger, sized for restarts: keep it.
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < self.rcvbuf:
+                    self._set_rcvbuf(sock)
                 sock.setblocking(False)
                 log.info("%s udp %s:%s: socket from systemd", self.input_name, self.host,
                          self.port)

@@ -19,6 +19,7 @@ from vmgated.netwatch import resolve
 from vmgated.procnet import socket_inode, udp_drops
 
 T = TypeVar("T")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; absent from the socket module
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -179,6 +180,25 @@ def test_receive_buffer_is_large() -> None:
         # Linux reports twice the requested size; as root SO_RCVBUFFORCE beats rmem_max.
         assert listener.effective_rcvbuf >= 2 * (32 << 20)
         listener.stop()
+
+    run(main())
+
+
+def test_a_passed_socket_keeps_a_larger_buffer_and_a_smaller_one_is_raised() -> None:
+    """systemd's `ReceiveBuffer=` may be sized for restarts: adoption must not shrink it."""
+
+    async def main() -> None:
+        granted = []
+        for size in (128 << 20, 1 << 20):
+            passed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            passed.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)  # root, as systemd is
+            passed.bind(("127.0.0.1", 0))
+            listener = UdpListener("127.0.0.1", passed.getsockname()[1], lambda b: None,
+                                   rcvbuf=32 << 20)
+            await listener.bind([passed])
+            granted.append(listener.effective_rcvbuf)
+            listener.stop()
+        assert granted == [2 * (128 << 20), 2 * (32 << 20)]
 
     run(main())
 
