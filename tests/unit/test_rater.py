@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rating.deck import HEADER, parse_deck
-from rating.model import Party, RatedCall, RatePlan, Scope
+from rating.model import Leg, Party, RatedCall, RatePlan, Scope
 from rating.rater import ClientTariff, Rater, RaterError, TrunkTariff
 from rating.tariff import amount_micros, charged_seconds
 from rating.units import parse_time
@@ -164,6 +164,37 @@ def test_rate_leg_and_accessors(rater: Rater) -> None:
     assert rater.index("retail").lookup("4420", NOV) is not None
     with pytest.raises(RaterError):
         rater.rate_leg(Party.CUSTOMER, "client", "44", NOV, 1)
+
+
+def test_positionally_built_records_equal_keyword_built_ones(rater: Rater) -> None:
+    """The rater builds Leg and RatedCall positionally (tuple.__new__, for speed): a field added
+    to either model must make this fail rather than shift or drop a value."""
+    call = rater.rate("442071234567", "acme-1", "gw-direct", NOV, 61)
+    leg = Leg(
+        party=Party.CUSTOMER,
+        plan="retail",
+        unrated=None,
+        prefix="4420",
+        description="London",
+        rate_per_min=Decimal("0.0123"),
+        connection_fee=Decimal("0"),
+        connection_sec=30,
+        billing_block_sec=6,
+        valid_since=parse_time("2026-01-01T00:00:00Z"),
+        charged_sec=66,
+        amount=13_530,
+    )
+    assert call.customer == leg and len(call.customer) == len(Leg._fields)
+    assert call == RatedCall(
+        number="442071234567",
+        start=NOV,
+        billsec=61,
+        customer=leg,
+        vmgateclient=call.vmgateclient,
+        reseller=None,
+        margin=13_530 - call.vmgateclient.amount,
+    )
+    assert len(call) == len(RatedCall._fields)
 
 
 def test_memoised_legs_equal_fresh_ones(rater: Rater) -> None:
