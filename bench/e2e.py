@@ -20,7 +20,9 @@ first BYE left (end of its 1 ms burst), a poller thread reads new `calls` rows r
 POLL_S and stamps when it first saw each one (a row is visible only once its COMMIT is done,
 so this is an upper bound of the commit time with POLL_S + query time resolution). Also per
 rate: seconds the daemon spent in cycle collections (`vmgated_gc_pause_seconds_total` delta)
-and its longest collection so far. `--deck-prefixes N` prices with three generated N-prefix
+and its longest collection so far, the daemon's CPU (all threads, /proc/PID/stat, from before
+the sender starts to the end of the drain) per packet and in cores over the send, and the
+sender's own CPU while it sent. `--deck-prefixes N` prices with three generated N-prefix
 decks (bench/gen_deck.py, one per plan) instead of the tenant's small ones.
 
 Baseline in the same run: the same sender at the same rates against a minimal uvloop
@@ -130,7 +132,9 @@ def send(port: int, rate: int, seconds: float, prefix: str, out: str, raw_count:
         # Timestamps start 2 s ahead: building the stream takes about that long.
         packets, byes, call_ids = build_stream(prefix, rate, seconds,
                                                time.time_ns() // 1000 + 2_000_000)
+    cpu = time.process_time()
     bursts, elapsed = paced_send(port, packets, rate)
+    cpu = time.process_time() - cpu
     n = len(packets)
     # The BYE at stream index k left during the first burst whose cumulative count passed k.
     bye_times: dict[str, float] = {}
@@ -140,7 +144,7 @@ def send(port: int, rate: int, seconds: float, prefix: str, out: str, raw_count:
             b += 1
         bye_times[call_id] = bursts[b][1]
     Path(out).write_text(json.dumps({"packets": n, "calls": len(call_ids), "elapsed": elapsed,
-                                     "bye_times": bye_times}))
+                                     "cpu": cpu, "bye_times": bye_times}))
 
 
 def paced_send(port: int, packets: list[bytes], rate: int) -> tuple[list[tuple[int, float]], float]:
@@ -285,6 +289,12 @@ def scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def gc_seconds(text: str) -> tuple[float, int]:
     """(seconds in cycle collections, full collections) so far; zeros if not exported."""
     seconds = sum(float(metric_value(text, "vmgated_gc_pause_seconds_total", generation=str(g))
@@ -356,6 +366,7 @@ def main() -> None:
             for n, rate in enumerate(rates):
                 text = scrape(metrics_port)
                 before, gc_before = counters(text), gc_seconds(text)
+                cpu_before = cpu_seconds(daemon.proc.pid)
                 res = run_sender(hep_port, rate, args.seconds, f"r{n}z")
                 ids = set(res["bye_times"])
                 # Drained: every call in, or 3 s without progress and an empty ledger queue.
@@ -374,6 +385,9 @@ def main() -> None:
                     time.sleep(0.2)
                 text = scrape(metrics_port)
                 after, gc_after = counters(text), gc_seconds(text)
+                # The daemon's CPU over the run and its drain (idle until the sender has built
+                # its stream), against the sender's own CPU while it sent.
+                cpu = cpu_seconds(daemon.proc.pid) - cpu_before
                 gc_max = float(metric_value(text, "vmgated_gc_pause_max_seconds") or 0)
                 lat = [poller.seen[c] - t for c, t in res["bye_times"].items()
                        if c in poller.seen]
@@ -383,7 +397,8 @@ def main() -> None:
                     "billed": poller.count(ids), "drops": after[0] - before[0],
                     "bad": after[1] - before[1],
                     "gc": gc_after[0] - gc_before[0], "gc_full": gc_after[1] - gc_before[1],
-                    "gc_max": gc_max,
+                    "gc_max": gc_max, "cpu_us": cpu / res["packets"] * 1e6,
+                    "cores": cpu / res["elapsed"], "sender_cores": res["cpu"] / res["elapsed"],
                     "p50": pct(lat, 0.5) * 1000 if lat else float("nan"),
                     "p99": pct(lat, 0.99) * 1000 if lat else float("nan"),
                 })
@@ -392,7 +407,9 @@ def main() -> None:
                       f"{r['billed']}/{r['calls']}, kernel drops {r['drops']}, non-ok {r['bad']},"
                       f" BYE→commit p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms, in GC "
                       f"{r['gc']:.2f} s ({r['gc_full']} full; longest pause so far "
-                      f"{r['gc_max'] * 1000:.0f} ms)",
+                      f"{r['gc_max'] * 1000:.0f} ms); daemon CPU {r['cpu_us']:.1f} µs/packet "
+                      f"({r['cores']:.2f} cores over the send), sender {r['sender_cores']:.2f} "
+                      "cores",
                       flush=True)
         finally:
             poller.stop_flag.set()
