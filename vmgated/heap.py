@@ -1,11 +1,11 @@
 """The process heap: keeping CPython's cycle collector off the long-lived objects, and
 handing freed C memory back to the kernel.
 
-Why the cycle collector matters here: a 100,000-prefix rate deck is ~370,000 tracked objects
-per plan (rows, tariffs, timeline tuples), and a tenant with three such plans holds over a
-million. Every full (generation 2) collection walks all of them on the event loop: ~250 ms
-per million objects measured on the 2-core sandbox, during which nothing reads the UDP
-socket. At 30,000 packets/s that is 7,500 datagrams waiting in the kernel per collection.
+Why the cycle collector matters here: a 100,000-prefix rate deck is ~440,000 tracked objects
+per plan (rows, tariffs, timeline tuples), and a tenant with three such plans holds 1.3
+million. Every full (generation 2) collection walks all of them on the event loop: 96 ms for
+one such plan, 276 ms for three (`bench/gc_pause.py` on the 2-core sandbox), during which
+nothing reads the UDP socket: ~8,300 datagrams waiting in the kernel at 30,000 packets/s.
 
 What is done about it: once the daemon has loaded its config and recovered its state, and
 again after each reload, everything alive is moved to the collector's permanent generation
