@@ -20,10 +20,11 @@ first BYE left (end of its 1 ms burst), a poller thread reads new `calls` rows r
 POLL_S and stamps when it first saw each one (a row is visible only once its COMMIT is done,
 so this is an upper bound of the commit time with POLL_S + query time resolution). Also per
 rate: seconds the daemon spent in cycle collections (`vmgated_gc_pause_seconds_total` delta)
-and its longest collection so far, the daemon's CPU (all threads, /proc/PID/stat, from before
+and its longest collection so far; the daemon's CPU (all threads, /proc/PID/stat, from before
 the sender starts to the end of the drain) per packet and in cores over the send, and the
-sender's own CPU while it sent. `--deck-prefixes N` prices with three generated N-prefix
-decks (bench/gen_deck.py, one per plan) instead of the tenant's small ones.
+sender's own CPU while it sent. `--reload-at S` runs `vmgatectl reload` S seconds into each
+rate's send and reports what it said and how long it took. `--deck-prefixes N` prices with
+three generated N-prefix decks (bench/gen_deck.py, one per plan) instead of the tenant's small ones.
 
 Baseline in the same run: the same sender at the same rates against a minimal uvloop
 `DatagramProtocol` that only counts datagrams (same 32 MiB receive buffer), plus one unpaced
@@ -339,6 +340,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="traffic per rate")
     ap.add_argument("--profile", help="py-spy record the daemon into this directory")
     ap.add_argument("--no-raw", action="store_true", help="skip the raw uvloop baseline")
+    ap.add_argument("--reload-at", type=float, default=0.0,
+                    help="`vmgatectl reload` this many seconds into each rate's send")
     ap.add_argument("--deck-prefixes", type=int, default=0,
                     help="price with three generated decks of this many prefixes each")
     args = ap.parse_args()
@@ -367,7 +370,19 @@ def main() -> None:
                 text = scrape(metrics_port)
                 before, gc_before = counters(text), gc_seconds(text)
                 cpu_before = cpu_seconds(daemon.proc.pid)
+                reload: dict[str, Any] = {}
+                if args.reload_at:
+                    def do_reload(out: dict[str, Any] = reload) -> None:
+                        t = time.monotonic()
+                        done = daemon.ctl("reload", check=False)
+                        out["seconds"] = time.monotonic() - t
+                        out["said"] = (done.stdout + done.stderr).strip().splitlines()[:1]
+                    # The sender spends ~2 s building its stream before the first packet.
+                    timer = threading.Timer(2.0 + args.reload_at, do_reload)
+                    timer.start()
                 res = run_sender(hep_port, rate, args.seconds, f"r{n}z")
+                if args.reload_at:
+                    timer.join()
                 ids = set(res["bye_times"])
                 # Drained: every call in, or 3 s without progress and an empty ledger queue.
                 # (/metrics is scraped only then: a scrape walks every active dialog.)
@@ -409,7 +424,8 @@ def main() -> None:
                       f"{r['gc']:.2f} s ({r['gc_full']} full; longest pause so far "
                       f"{r['gc_max'] * 1000:.0f} ms); daemon CPU {r['cpu_us']:.1f} µs/packet "
                       f"({r['cores']:.2f} cores over the send), sender {r['sender_cores']:.2f} "
-                      "cores",
+                      "cores" + (f"; reload: {reload.get('said')} in {reload['seconds']:.2f} s"
+                                 if reload else ""),
                       flush=True)
         finally:
             poller.stop_flag.set()

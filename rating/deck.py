@@ -33,6 +33,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from rating.model import Destination
+from rating.pace import EVERY, pace
 from rating.units import EpochUs, UnitError, format_time, from_datetime, parse_decimal, parse_time
 
 COLUMNS: tuple[str, ...] = (
@@ -364,6 +365,8 @@ def _parse_deck(text: str, origin: str) -> tuple[Destination, ...]:
     in_order = tuple(header) == COLUMNS
     for cells in reader:
         line = reader.line_num
+        if not line % EVERY:
+            pace()
         if len(cells) != width:
             if not any(c.strip() for c in cells):
                 continue

@@ -29,6 +29,7 @@ from decimal import Decimal
 
 from rating.deck import paused_gc
 from rating.model import Destination, RatePlan
+from rating.pace import EVERY, pace
 from rating.tariff import Tariff
 from rating.units import EpochUs
 
@@ -154,6 +155,8 @@ class PrefixIndex:
         # Decks repeat a few hundred prices over thousands of codes: share their Tariffs.
         tariffs: dict[tuple[Decimal, Decimal, int, int], Tariff] = {}
         for serial, dest in enumerate(plan.destinations):
+            if not serial % EVERY:
+                pace()
             price = (
                 dest.rate_per_min,
                 dest.connection_fee,
@@ -170,10 +173,14 @@ class PrefixIndex:
             else:
                 group.append(row)
         codes: dict[str, Code] = {}
-        for code, group in grouped.items():
+        for n, (code, group) in enumerate(grouped.items()):
+            if not n % EVERY:
+                pace()
             starts, winners = _timeline(group)
             codes[code] = Code(code, starts, winners)
-        for code, entry in codes.items():
+        for n, (code, entry) in enumerate(codes.items()):
+            if not n % EVERY:
+                pace()
             # The longest shorter code that is a prefix of this one (down to the catch-all).
             for length in range(len(code) - 1, -1, -1):
                 parent = codes.get(code[:length])

@@ -16,6 +16,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 
 from rating.model import Destination, RatePlan
+from rating.pace import EVERY, pace
 from rating.units import EpochUs, format_time
 
 _CONTENT = (
@@ -138,4 +139,9 @@ def check_plan_edit(
 
 
 def _rows(dests: tuple[Destination, ...]) -> dict[tuple[str, EpochUs], Destination]:
-    return {(d.code, d.valid_since): d for d in dests}
+    rows: dict[tuple[str, EpochUs], Destination] = {}
+    for n, d in enumerate(dests):
+        if not n % EVERY:
+            pace()
+        rows[(d.code, d.valid_since)] = d
+    return rows

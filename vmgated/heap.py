@@ -13,8 +13,15 @@ again after each reload, everything alive is moved to the collector's permanent 
 counting as soon as nothing refers to them (the old rater after a reload, a restored dialog
 when its call ends); only *cyclic* garbage among them would never be collected. Checked by
 tests/unit/test_heap.py: a dropped `Runtime` (config, rater, attributor) and a dropped
-`Tracker` leave no cycles. A full collection runs first, so garbage present at that moment
-is not frozen with the rest.
+`Tracker` leave no cycles.
+
+At start-up (before any datagram is read) a full collection runs first, so no garbage is
+frozen. A reload happens under traffic, where that collection would itself be the stall (the
+new decks are young objects: 276 ms for three 100,000-prefix plans), so a reload builds with
+the collector paused (`collector_paused`) and freezes the result unwalked (`freeze_new`). What
+else is frozen with it is what the live traffic made meanwhile; its cyclic garbage, the only
+part that could leak, was ~600 objects in 20 s at 25,000 packets/s (measured with
+`gc.get_stats()`), so a reload leaks at most a few hundred small objects.
 
 `GcClock` measures each collection's pause (gc.callbacks) for /metrics, so an operator who
 sees kernel drops can tell a collector stall from an overload.
@@ -26,9 +33,11 @@ import ctypes
 import ctypes.util
 import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["GcClock", "freeze_long_lived", "release_free_heap"]
+__all__ = ["GcClock", "collector_paused", "freeze_long_lived", "freeze_new", "release_free_heap"]
 
 
 def freeze_long_lived() -> int:
@@ -39,6 +48,28 @@ def freeze_long_lived() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def freeze_new() -> int:
+    """Freeze everything alive now without walking it first; returns the frozen count."""
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic collection inside (process-wide); the previous state is restored after.
+
+    Objects built inside stay in the young generation unwalked, so `freeze_new` before leaving
+    moves them out of the collector's sight without the pause a collection would cost.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def release_free_heap() -> None:

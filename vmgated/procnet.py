@@ -1,8 +1,10 @@
-"""Kernel receive drops on our UDP sockets, read from /proc/net/udp and /proc/net/udp6.
+"""Kernel receive drops and queues of our UDP sockets, read from /proc/net/udp{,6}.
 
 When the daemon cannot keep up, the kernel drops datagrams at the socket's receive buffer;
-the only trace is the `drops` column of /proc/net/udp{,6}. Sockets are matched by inode (the
-exact socket, `os.fstat(sock.fileno()).st_ino`) or, failing that, by local port.
+the only trace is the `drops` column of /proc/net/udp{,6}. Its `rx_queue` column is what waits
+unread right now (bytes as the kernel charges them, ~2.3 KB per small datagram): a reload uses
+it to give the event loop way while traffic queues up. Sockets are matched by inode (the exact
+socket, `os.fstat(sock.fileno()).st_ino`) or, failing that, by local port.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import socket
 from collections.abc import Collection, Iterable, Iterator
 from typing import NamedTuple
 
-__all__ = ["UdpDropCounter", "UdpSocketRow", "parse_udp_table", "socket_inode", "udp_drops"]
+__all__ = [
+    "UdpDropCounter",
+    "UdpSocketRow",
+    "parse_udp_table",
+    "socket_inode",
+    "udp_drops",
+    "udp_queued",
+]
 
 PROC_FILES = ("/proc/net/udp", "/proc/net/udp6")
 
@@ -23,6 +32,7 @@ class UdpSocketRow(NamedTuple):
     local_port: int
     inode: int
     drops: int
+    rx_queue: int = 0  # bytes waiting to be read
 
 
 def parse_udp_table(text: str) -> Iterator[UdpSocketRow]:
@@ -35,7 +45,8 @@ def parse_udp_table(text: str) -> Iterator[UdpSocketRow]:
             continue
         try:
             port = int(fields[1].rsplit(":", 1)[1], 16)
-            yield UdpSocketRow(port, int(fields[9]), int(fields[12]))
+            rx_queue = int(fields[4].rsplit(":", 1)[1], 16)
+            yield UdpSocketRow(port, int(fields[9]), int(fields[12]), rx_queue)
         except (IndexError, ValueError):
             continue
 
@@ -61,6 +72,11 @@ def udp_drops(
         return sum(row.drops for row in _rows(files) if row.inode in inodes)
     wanted = set(ports)
     return sum(row.drops for row in _rows(files) if row.local_port in wanted)
+
+
+def udp_queued(inodes: Collection[int], files: Iterable[str] = PROC_FILES) -> int:
+    """Bytes waiting unread in the receive queues of the UDP sockets with these inodes."""
+    return sum(row.rx_queue for row in _rows(files) if row.inode in inodes)
 
 
 def socket_inode(sock: socket.socket) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,15 @@ def test_reload_applies_a_shorter_max_duration_to_calls_in_progress(env: Env) ->
     assert env.ctl("reload").stdout.strip() == "reloaded"
     (closed,) = env.wait_calls(1)
     assert (closed["flags"], closed["billsec"]) == (["max_duration"], 1200)
+
+
+def test_reloads_asked_at_once_run_one_after_the_other(env: Env) -> None:
+    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS[:2],
+        f"1202,USA Washington DC,{SINCE},,0.0120,,60,60"]))
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(lambda _: env.ctl("reload", check=False), range(3)))
+    assert [o.stdout.strip() for o in outs] == ["reloaded"] * 3, [o.stderr for o in outs]
+    assert env.daemon.logs().count("objects frozen)") == 3
+    env.send(call_at("after-three", 0))
+    env.wait_calls(1)
+    assert customer_leg(env, "after-three")["amount"] == "0.012000"

@@ -16,7 +16,7 @@ import uvloop
 from vmgated.listeners import Batch, InterfaceListeners, UdpListener
 from vmgated.metrics import Counters
 from vmgated.netwatch import resolve
-from vmgated.procnet import socket_inode, udp_drops
+from vmgated.procnet import socket_inode, udp_drops, udp_queued
 
 T = TypeVar("T")
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; absent from the socket module
@@ -249,6 +249,23 @@ def test_kernel_drops_on_our_socket_are_read_from_proc() -> None:
         by_inode = udp_drops(inodes={inode})
         assert by_inode > 0
         assert udp_drops([port]) == by_inode
+        listener.stop()
+
+    run(main())
+
+
+def test_bytes_waiting_unread_are_read_from_proc() -> None:
+    """What a reload's worker watches to give the loop way (vmgated.app._give_way)."""
+
+    async def main() -> None:
+        listener = UdpListener("127.0.0.1", 0, lambda batch: None)
+        await listener.bind()  # bound, not reading: what is sent waits in the kernel
+        inode = listener.inode
+        assert udp_queued({inode}) == 0
+        with sender() as s:
+            for _ in range(100):
+                s.sendto(b"q" * 650, listener.sockname)
+            await until(lambda: udp_queued({inode}) >= 100 * 650)
         listener.stop()
 
     run(main())

@@ -19,7 +19,7 @@ from sip import hep, message
 from sip.capture import read_capture
 from sip.dialog import Tracker
 from vmgated.config import load_config
-from vmgated.heap import GcClock, freeze_long_lived
+from vmgated.heap import GcClock, collector_paused, freeze_long_lived, freeze_new
 from vmgated.pipeline import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +81,28 @@ def test_freeze_moves_live_objects_out_of_the_walks_and_refcounting_still_frees_
         del kept  # freed at once by its refcount, frozen or not
         assert gc.get_freeze_count() < frozen
     finally:
+        gc.unfreeze()
+
+
+def test_a_reload_builds_with_the_collector_paused_and_freezes_unwalked() -> None:
+    clock = GcClock()
+    clock.install()
+    try:
+        assert gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+            with collector_paused():  # nested (the deck parser pauses it too)
+                pass
+            assert not gc.isenabled()
+            before = list(clock.seconds)
+            built = [[n] for n in range(50_000)]  # far past the 700-allocation threshold
+            frozen = freeze_new()
+            assert clock.seconds == before  # nothing was walked to get there
+        assert gc.isenabled()
+        assert frozen >= len(built)
+        assert all(o is not built for o in gc.get_objects())
+    finally:
+        clock.uninstall()
         gc.unfreeze()
 
 
