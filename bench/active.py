@@ -243,7 +243,14 @@ def main() -> None:
             snap_size = snap.stat().st_size
             time.sleep(3)
             full = rss(pid)
-            metrics = scrape(metrics_port)
+            # A scrape is served on the event loop: its duration is a stall of the UDP reader.
+            scrapes = []
+            for _ in range(3):
+                began = time.monotonic()
+                metrics = scrape(metrics_port)
+                scrapes.append(time.monotonic() - began)
+            print(f"/metrics scrape with {n:,} calls active: "
+                  f"{', '.join(f'{t * 1000:.0f}' for t in scrapes)} ms", flush=True)
             drops = metric_value(metrics, "vmgated_udp_receive_errors_total")
             print(f"{active():,} active: {full}, kernel drops {drops}", flush=True)
             if args.restart in ("term", "kill"):

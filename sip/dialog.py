@@ -35,7 +35,8 @@ from sip.message import SipMessage
 from sip.transitions import TRANSITIONS, Effect, Event, State
 
 __all__ = [
-    "STATE_FORMAT", "ActiveCall", "StateError", "Tracker", "TrackerState", "TrackerStats",
+    "STATE_FORMAT", "ActiveCall", "ActivePath", "StateError", "Tracker", "TrackerState",
+    "TrackerStats",
     "disposition", "encode_state",
 ]  # fmt: skip
 
@@ -63,6 +64,14 @@ class ActiveCall:
     answer: int | None
     hops: tuple[Hop, ...]
     capture_ids: tuple[int, ...]
+
+
+class ActivePath(NamedTuple):
+    """How many calls in progress share one path (hops and capture ids, as attribution reads)."""
+
+    hops: tuple[Hop, ...]
+    capture_ids: tuple[int, ...]
+    calls: int
 
 
 @dataclass(slots=True)
@@ -466,6 +475,28 @@ class Tracker:
                 call.call_id, call.caller, call.callee, call.start, call.answer,
                 call.hops, call.capture_ids,
             )  # fmt: skip
+
+    def active_paths(self) -> list[ActivePath]:
+        """The calls in progress counted per (hops, capture ids): one entry per distinct path.
+
+        For gauges that only need who a call belongs to, which depends on nothing else: calls
+        through the same trunk, proxy and gateway share their hop and capture-id tuples (see
+        `_shared`), so 100,000 calls fold into a handful of entries, and the caller attributes
+        each path once instead of each call (a /metrics scrape at 100,000 calls: 335 ms → see
+        bench/README.md "Active calls"). Grouped by identity, so equal paths that are not
+        shared (an intern table that started afresh) come out as separate entries; the counts
+        still add up to every call.
+        """
+        groups: dict[tuple[int, int], list[Any]] = {}
+        for call in self._active.values():
+            hops, capture_ids = call.hops, call.capture_ids
+            key = (id(hops), id(capture_ids))
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [hops, capture_ids, 1]
+            else:
+                group[2] += 1
+        return [ActivePath(hops, capture_ids, n) for hops, capture_ids, n in groups.values()]
 
     # -- persistence -------------------------------------------------------------------------
 

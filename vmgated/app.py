@@ -44,7 +44,7 @@ from vmgated.metrics import (
     MetricsServer,
     MetricsSettings,
 )
-from vmgated.pipeline import Billable, Pipeline, Runtime, attribute_active
+from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import UdpDropCounter, udp_queued
 
@@ -240,10 +240,11 @@ class App:
         """Active calls per (trunk, client), attributed at scrape time."""
         attributor = self.pipeline.runtime.attributor
         out: dict[tuple[str, str], int] = {}
-        for call in self.pipeline.tracker.active():
-            who = attribute_active(attributor, call)
+        # Per shared path, not per call: served on the loop, this is a stall of the UDP reader.
+        for hops, capture_ids, calls in self.pipeline.tracker.active_paths():
+            who = attributor.attribute_path(hops, capture_ids)
             key = (who.trunk or "unknown", who.client or "unknown")
-            out[key] = out.get(key, 0) + 1
+            out[key] = out.get(key, 0) + calls
         return out
 
     def _restore(self, recovered: Recovered) -> tuple[Tracker, list[Billable]]:

@@ -16,11 +16,11 @@ of thousands of networks costs the same per call as a roster of ten.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from sip.call import Addr, CallRecord
+from sip.call import Addr, CallRecord, Hop
 from vmgated.config import Config
 from vmgated.configparse import Endpoint
 
@@ -144,26 +144,31 @@ class Attributor:
 
     def attribute(self, record: CallRecord) -> Attribution:
         """The parties of a call from its hops and capture ids (SPEC §4)."""
-        return self.named(trunk=self.trunk_of(record), client=self.client_of(record))
+        return self.attribute_path(record.hops, record.capture_ids)
 
-    def trunk_of(self, record: CallRecord) -> str | None:
+    def attribute_path(self, hops: Sequence[Hop], capture_ids: Sequence[int]) -> Attribution:
+        """The parties of any call with these hops and capture ids (nothing else counts)."""
+        return self.named(trunk=self.trunk_of(hops), client=self.client_of(hops, capture_ids))
+
+    def trunk_of(self, hops: Sequence[Hop]) -> str | None:
         """The trunk of the first hop whose source is a trunk address."""
         lookup = self._trunks.lookup
-        for hop in record.hops:
+        for hop in hops:
             found = lookup(hop.src[0], hop.src[1])
             if found is not None:
                 return found
         return None
 
-    def client_of(self, record: CallRecord) -> str | None:
-        """The client of the first hop whose destination is a client address, else by capture id."""
+    def client_of(self, hops: Sequence[Hop], capture_ids: Sequence[int] = ()) -> str | None:
+        """The client of the first hop whose destination is a client address, else by capture
+        id (the hops' own, then the call's)."""
         lookup = self._clients.lookup
-        for hop in record.hops:
+        for hop in hops:
             found = lookup(hop.dst[0], hop.dst[1])
             if found is not None:
                 return found
         if self._captures:
-            for capture_id in _capture_ids(record):
+            for capture_id in _capture_ids(hops, capture_ids):
                 found = self._captures.get(capture_id)
                 if found is not None:
                     return found
@@ -197,8 +202,8 @@ class Attributor:
         return found
 
 
-def _capture_ids(record: CallRecord) -> Iterator[int]:
-    for hop in record.hops:
+def _capture_ids(hops: Sequence[Hop], capture_ids: Sequence[int]) -> Iterator[int]:
+    for hop in hops:
         if hop.capture_id is not None:
             yield hop.capture_id
-    yield from record.capture_ids
+    yield from capture_ids

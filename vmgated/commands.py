@@ -211,7 +211,10 @@ class Commands:
     def _online(self) -> set[str]:
         app = self.app
         attributor = app.pipeline.runtime.attributor
-        online = {attribute_active(attributor, c).client for c in app.pipeline.tracker.active()}
+        online = {
+            attributor.attribute_path(hops, capture_ids).client
+            for hops, capture_ids, _ in app.pipeline.tracker.active_paths()
+        }
         horizon = time.time_ns() // 1000 - ONLINE_WINDOW_US
         online.update(c for c, seen in app.client_last_seen.items() if seen >= horizon)
         online.discard(None)

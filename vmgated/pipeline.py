@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import cast
 
 from ledger.model import CallEntry, Transaction
 from ledger.transactions import call_tx
@@ -215,8 +214,7 @@ class Pipeline:
 
 def attribute_active(attributor: Attributor, call: ActiveCall) -> Attribution:
     """Attribution of a call in progress (by its hops and capture ids so far)."""
-    # ActiveCall carries the `hops` and `capture_ids` that attribution reads of a CallRecord.
-    return attributor.attribute(cast(CallRecord, call))
+    return attributor.attribute_path(call.hops, call.capture_ids)
 
 
 _DERIVED_FLAGS = ("negative_margin", "unrated")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -368,6 +369,27 @@ def test_hops_are_distinct_invite_copies_in_capture_order_with_capture_ids() -> 
     t.feed(inv, T0 + 30, PROXY, UAS, 2)  # seen by another agent: same hop
     (a,) = t.active()
     assert a.hops == (Hop(UAC, PROXY, 1), Hop(PROXY, UAS, 1)) and a.capture_ids == (1, 2)
+
+
+def test_active_paths_count_every_call_once_per_shared_path() -> None:
+    t = Tracker()
+    other = ("10.0.0.9", 5060)
+    for n in range(50):
+        inv = parse(request("INVITE", 1, call_id=f"via-proxy-{n}"))
+        t.feed(inv, T0 + n, UAC, PROXY, 1)
+        t.feed(inv, T0 + n + 10, PROXY, UAS, 1)
+    for n in range(7):
+        t.feed(parse(request("INVITE", 1, call_id=f"direct-{n}")), T0 + n, other, UAS, None)
+    paths = t.active_paths()
+    assert sum(p.calls for p in paths) == len(list(t.active())) == 57
+    # Calls along one path share its tuples, so they fold into one entry each.
+    assert {(p.hops, p.capture_ids): p.calls for p in paths} == {
+        ((Hop(UAC, PROXY, 1), Hop(PROXY, UAS, 1)), (1,)): 50,
+        ((Hop(other, UAS, None),), ()): 7,
+    }
+    assert len(paths) == 2
+    per_call = Counter((a.hops, a.capture_ids) for a in t.active())
+    assert per_call == Counter({(p.hops, p.capture_ids): p.calls for p in paths})
 
 
 def test_copies_from_ever_new_addresses_or_agents_stop_growing_a_call_at_the_cap() -> None:
