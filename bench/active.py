@@ -29,6 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -134,6 +137,32 @@ class Sampler(threading.Thread):
         while not self.stop_flag.wait(1.0):
             with contextlib.suppress(FileNotFoundError):  # between a stop and the restart
                 self.samples.append((time.monotonic() - t0, self.phase, rss(self.pid)))
+
+
+def loop_stall(port: int, action: Callable[[], object]) -> tuple[float, float]:
+    """Run `action` in a thread while probing the daemon's event loop with tiny HTTP requests
+    (GET of an unknown path: a 404 served on the loop); returns (action seconds, the longest
+    probe's seconds), the latter being how long the loop could not answer."""
+    done = threading.Event()
+    took = [0.0]
+
+    def run() -> None:
+        began = time.monotonic()
+        action()
+        took[0] = time.monotonic() - began
+        done.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    longest = 0.0
+    while not done.is_set():
+        began = time.monotonic()
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/probe", timeout=30).read()
+        longest = max(longest, time.monotonic() - began)
+        time.sleep(0.01)
+    worker.join()
+    return took[0], longest
 
 
 def wait_for(what: str, check: object, timeout: float) -> None:
@@ -251,6 +280,10 @@ def main() -> None:
                 scrapes.append(time.monotonic() - began)
             print(f"/metrics scrape with {n:,} calls active: "
                   f"{', '.join(f'{t * 1000:.0f}' for t in scrapes)} ms", flush=True)
+            took, stall = loop_stall(metrics_port, lambda: daemon.ctl("calls", "--active",
+                                                                      "--json"))
+            print(f"`vmgatectl calls --active --json` with {n:,} calls active: {took:.2f} s, "
+                  f"longest event-loop stall meanwhile {stall * 1000:.0f} ms", flush=True)
             drops = metric_value(metrics, "vmgated_udp_receive_errors_total")
             print(f"{active():,} active: {full}, kernel drops {drops}", flush=True)
             if args.restart in ("term", "kill"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +24,9 @@ from ledger.errors import KeyConflict
 from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
-from vmgated.control import ControlError, ControlServer
-from vmgated.pipeline import Billable, Pipeline, attribute_active
+from vmgated.attribution import Attribution
+from vmgated.control import ControlError, ControlServer, Rows
+from vmgated.pipeline import Billable, Pipeline
 
 if TYPE_CHECKING:
     from vmgated.app import App
@@ -119,19 +120,30 @@ class Commands:
     async def calls_active(
         self, args: dict[str, Any], progress: Callable[[int, int], None]
     ) -> object:
-        """Calls in progress with their attribution (answered or ringing)."""
+        """Calls in progress with their attribution (answered or ringing).
+
+        Streamed (`Rows`): at 100,000 calls, building and encoding the whole listing at once
+        stalled the event loop for 1.5 s. Each shared path is attributed once.
+        """
         app = self.app
         attributor = app.pipeline.runtime.attributor
-        out = []
-        for call in app.pipeline.tracker.active():
-            who = attribute_active(attributor, call)
-            out.append({
-                "call_id": call.call_id, "trunk": who.trunk, "customer": who.customer,
-                "client": who.client, "network": who.network, "reseller": who.reseller,
-                "caller": call.caller, "callee": call.callee,
-                "start": format_time(call.start), "answer": format_time(call.answer),
-            })
-        return out
+        calls = app.pipeline.tracker.active()  # copies its table when the first row is read
+
+        def rows() -> Iterator[dict[str, Any]]:
+            seen: dict[tuple[int, int], Attribution] = {}
+            for call in calls:
+                key = (id(call.hops), id(call.capture_ids))
+                who = seen.get(key)
+                if who is None:
+                    who = seen[key] = attributor.attribute_path(call.hops, call.capture_ids)
+                yield {
+                    "call_id": call.call_id, "trunk": who.trunk, "customer": who.customer,
+                    "client": who.client, "network": who.network, "reseller": who.reseller,
+                    "caller": call.caller, "callee": call.callee,
+                    "start": format_time(call.start), "answer": format_time(call.answer),
+                }
+
+        return Rows(rows())
 
     async def balances(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
         """The live projection (same numbers /metrics exports)."""

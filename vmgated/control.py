@@ -9,6 +9,14 @@ Protocol, one JSON object per line, any number of requests per connection, answe
 The daemon registers one handler per command: `async handler(args, progress)`; it returns a
 JSON-serialisable result or raises `ControlError` with a message for the operator. Any other
 exception becomes an error response too (and a logged traceback); it never stops the server.
+
+A handler whose result is a long list (calls in progress: 100,000 of them) returns `Rows`
+instead: the rows are then produced, encoded and written a chunk at a time, the event loop
+going back to its datagrams between chunks, instead of building and encoding the whole list
+at once (a 1.5 s stall of the UDP reader at 100,000 calls, measured by bench/active.py). The
+line on the wire is the same `{"ok":true,"result":[...]}`. A row that fails mid-stream closes
+the connection without finishing the line, which the client reports as an error: a listing is
+never cut short silently.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from itertools import islice
 from typing import Any
 
 __all__ = [
@@ -31,6 +40,7 @@ __all__ = [
     "DaemonNotRunning",
     "Handler",
     "Progress",
+    "Rows",
     "call",
 ]
 
@@ -43,6 +53,17 @@ SOCKET_MODE = 0o660  # owner and group (vmgated): the group is who may run vmgat
 REQUEST_LIMIT = 1 << 20  # bytes in one request line
 RESPONSE_LIMIT = 1 << 30  # a `calls` listing can be large
 PROGRESS_EVERY = 0.1  # seconds between two progress lines (the last one is always sent)
+ROWS_CHUNK = 1000  # rows of a `Rows` result produced and written between two loop turns
+_COMPACT = (",", ":")
+
+
+class Rows:
+    """A list result produced lazily: the server encodes and sends it a chunk at a time."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: Iterable[object]) -> None:
+        self.rows = rows
 
 
 class ControlError(Exception):
@@ -95,39 +116,86 @@ class ControlServer:
                     return
                 if not line:
                     return
-                if line.strip():
-                    await _send(writer, await self._answer(line, writer))
+                if line.strip() and not await self._respond(line, writer):
+                    return
         except ConnectionError:
             pass  # vmgatectl went away (Ctrl-C); the operation it started keeps its result
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes, writer: asyncio.StreamWriter) -> dict[str, Any]:
+    async def _respond(self, line: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request line; False when the connection must be closed."""
+        cmd, outcome = await self._answer(line, writer)
+        if isinstance(outcome, dict):
+            await _send(writer, outcome)
+            return True
+        result = outcome[0]
+        if isinstance(result, Rows):
+            return await _send_rows(writer, cmd, result)
+        try:
+            data = json.dumps({"ok": True, "result": result}, separators=_COMPACT)
+        except (TypeError, ValueError) as exc:
+            log.exception("control command %r returned a value that is not JSON", cmd)
+            await _send(writer, _failed(cmd, exc))
+            return True
+        writer.write(data.encode() + b"\n")
+        await writer.drain()
+        return True
+
+    async def _answer(
+        self, line: bytes, writer: asyncio.StreamWriter
+    ) -> tuple[str, dict[str, Any] | tuple[object]]:
+        """(command, an error response or a 1-tuple holding the handler's result)."""
         try:
             request = json.loads(line)
         except ValueError as exc:
-            return {"ok": False, "error": f"request is not JSON: {exc}"}
+            return "", {"ok": False, "error": f"request is not JSON: {exc}"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": 'request must be {"cmd": "...", "args": {...}}'}
+            return "", {"ok": False, "error": 'request must be {"cmd": "...", "args": {...}}'}
         cmd = request["cmd"]
         args = request.get("args") or {}
         handler = self.handlers.get(cmd)
         if handler is None:
             known = ", ".join(sorted(self.handlers))
-            return {"ok": False, "error": f"unknown command {cmd!r}; known: {known}"}
+            return cmd, {"ok": False, "error": f"unknown command {cmd!r}; known: {known}"}
         if not isinstance(args, dict):
-            return {"ok": False, "error": f"{cmd}: args must be an object"}
+            return cmd, {"ok": False, "error": f"{cmd}: args must be an object"}
         try:
-            result = await handler(args, _progress_writer(writer))
-            # Serialise here so a handler returning a non-JSON value is its own error.
-            json.dumps(result)
+            return cmd, (await handler(args, _progress_writer(writer)),)
         except ControlError as exc:
-            return {"ok": False, "error": str(exc)}
+            return cmd, {"ok": False, "error": str(exc)}
         except Exception as exc:
             log.exception("control command %r failed", cmd)
-            return {"ok": False, "error": f"{cmd} failed inside the daemon: "
-                                          f"{type(exc).__name__}: {exc}"}
-        return {"ok": True, "result": result}
+            return cmd, _failed(cmd, exc)
+
+
+def _failed(cmd: str, exc: Exception) -> dict[str, Any]:
+    return {"ok": False, "error": f"{cmd} failed inside the daemon: {type(exc).__name__}: {exc}"}
+
+
+async def _send_rows(writer: asyncio.StreamWriter, cmd: str, result: Rows) -> bool:
+    """Stream `{"ok":true,"result":[row,...]}` a chunk at a time; False if a row failed."""
+    rows = iter(result.rows)
+    dumps = json.JSONEncoder(separators=_COMPACT).encode
+    writer.write(b'{"ok":true,"result":[')
+    first = True
+    try:
+        while chunk := list(islice(rows, ROWS_CHUNK)):
+            text = ",".join(dumps(row) for row in chunk)
+            writer.write(("" if first else ",").encode() + text.encode())
+            first = False
+            await writer.drain()
+            await asyncio.sleep(0)  # the datagrams that arrived meanwhile come first
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception:
+        # Part of the line is out: an error response cannot follow it. Closing without the
+        # line end makes vmgatectl report a broken answer instead of a shortened listing.
+        log.exception("control command %r failed while streaming its rows", cmd)
+        return False
+    writer.write(b"]}\n")
+    await writer.drain()
+    return True
 
 
 def _progress_writer(writer: asyncio.StreamWriter) -> Progress:
@@ -205,6 +273,8 @@ def call(
                 raise TimeoutError(f"vmgated did not answer {cmd!r} within {timeout}s") from None
             if not line:
                 raise ControlError(f"vmgated closed the control connection during {cmd!r}")
+            if not line.endswith(b"\n"):
+                raise ControlError(f"vmgated broke off its answer to {cmd!r} (see its log)")
             message = json.loads(line)
             if "progress" in message:
                 if on_progress is not None:

@@ -23,7 +23,7 @@ from rating.model import Leg, RatedCall
 from rating.rater import Rater
 from sip import hep, message
 from sip.call import Addr, CallRecord
-from sip.dialog import ActiveCall, Tracker
+from sip.dialog import Tracker
 from vmgated.attribution import Attribution, Attributor
 from vmgated.cdr import CdrError, parse_line
 from vmgated.config import Config
@@ -210,11 +210,6 @@ class Pipeline:
         entry = self.entry(item)
         # created = the call's end (capture time), so a replay writes the same transaction.
         return call_tx(entry, self.runtime.config.tenant.currency, entry.end)
-
-
-def attribute_active(attributor: Attributor, call: ActiveCall) -> Attribution:
-    """Attribution of a call in progress (by its hops and capture ids so far)."""
-    return attributor.attribute_path(call.hops, call.capture_ids)
 
 
 _DERIVED_FLAGS = ("negative_margin", "unrated")

@@ -7,14 +7,22 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
 
-from vmgated.control import ControlError, ControlServer, DaemonNotRunning, Progress, call
+from vmgated.control import (
+    ROWS_CHUNK,
+    ControlError,
+    ControlServer,
+    DaemonNotRunning,
+    Progress,
+    Rows,
+    call,
+)
 
 T = TypeVar("T")
 
@@ -45,8 +53,21 @@ async def not_json(args: dict[str, Any], progress: Progress) -> object:
     return {1, 2}
 
 
+TICKS: list[int] = []  # appended by a loop task while `rows` streams
+
+
+async def rows(args: dict[str, Any], progress: Progress) -> object:
+    def produce() -> Iterator[dict[str, int]]:
+        for n in range(int(args["n"])):
+            if n == args.get("fail_at"):
+                raise ValueError("a row could not be produced")
+            yield {"n": n, "ticks": len(TICKS)}
+
+    return Rows(produce())
+
+
 HANDLERS = {"status": status, "pay": pay, "replay": replay, "crash": crash,
-            "not_json": not_json}
+            "not_json": not_json, "rows": rows}
 
 
 def with_server(path: Path, client: Callable[[], T]) -> T:
@@ -55,9 +76,17 @@ def with_server(path: Path, client: Callable[[], T]) -> T:
     async def main() -> T:
         server = ControlServer(path, HANDLERS)
         await server.start()
+
+        async def tick() -> None:
+            while True:
+                TICKS.append(1)
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
         try:
             return await asyncio.to_thread(client)
         finally:
+            ticker.cancel()
             await server.stop()
 
     return uvloop.run(main())
@@ -67,6 +96,32 @@ def test_request_and_result(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
     result = with_server(sock, lambda: call(sock, "status", {"verbose": True}))
     assert result == {"state": "running", "echo": {"verbose": True}}
+
+
+def test_a_long_listing_is_streamed_in_chunks_with_the_loop_running_between_them(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "control.sock"
+    n = 5 * ROWS_CHUNK + 7
+    result = with_server(sock, lambda: call(sock, "rows", {"n": n}))
+    assert [r["n"] for r in result] == list(range(n))  # complete, in order, one JSON line
+    # Rows of one chunk are made in one go; between chunks the loop ran other tasks.
+    ticks = [r["ticks"] for r in result]
+    assert len(set(ticks)) >= 5
+    assert all(ticks[i] == ticks[i - 1] for i in range(1, n) if i % ROWS_CHUNK)
+    assert with_server(sock, lambda: call(sock, "rows", {"n": 0})) == []
+
+
+def test_a_listing_that_fails_midway_is_an_error_not_a_short_list(tmp_path: Path) -> None:
+    sock = tmp_path / "control.sock"
+
+    def client() -> str:
+        with pytest.raises(ControlError) as info:
+            call(sock, "rows", {"n": 3 * ROWS_CHUNK, "fail_at": 2 * ROWS_CHUNK + 5})
+        assert call(sock, "status") == {"state": "running", "echo": {}}  # server lives on
+        return str(info.value)
+
+    assert with_server(sock, client) == "vmgated broke off its answer to 'rows' (see its log)"
 
 
 def test_socket_is_mode_0660_and_removed_at_stop(tmp_path: Path) -> None:
