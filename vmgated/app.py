@@ -210,8 +210,8 @@ class App:
         return out
 
     def _paced(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(*args) on this (worker) thread, giving way to the loop at rating's yield
-        points: always briefly, and for as long as datagrams queue up in the kernel."""
+        """Run fn(*args) on this (worker) thread; at each of rating's yield points, wait while
+        datagrams queue up in the kernel (`_give_way`), so the event loop keeps up."""
         with pacing(partial(_give_way, self._udp_queued)):
             return fn(*args)
 
