@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from ledger.errors import KeyConflict, LedgerFull, LedgerWriteFailed
 from ledger.model import CallEntry, Receipt, Transaction
 from ledger.store import Ledger
+from rating.deck import paused_gc
 from rating.pace import pacing
 from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
@@ -29,7 +30,6 @@ from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, load_config
 from vmgated.heap import (
     GcClock,
-    collector_paused,
     freeze_long_lived,
     freeze_new,
     release_free_heap,
@@ -409,7 +409,7 @@ class App:
     async def _reload(self) -> str:
         systemd.reloading()
         try:
-            with collector_paused():
+            with paused_gc():
                 old = await self._swap_config()
             # The old decks are ~1.3 million objects with three 100,000-prefix plans: freed
             # on the loop that is a 170 ms stall, freed in a worker it only shares the GIL.

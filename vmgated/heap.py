@@ -18,10 +18,11 @@ tests/unit/test_heap.py: a dropped `Runtime` (config, rater, attributor) and a d
 At start-up (before any datagram is read) a full collection runs first, so no garbage is
 frozen. A reload happens under traffic, where that collection would itself be the stall (the
 new decks are young objects: 276 ms for three 100,000-prefix plans), so a reload builds with
-the collector paused (`collector_paused`) and freezes the result unwalked (`freeze_new`). What
-else is frozen with it is what the live traffic made meanwhile; its cyclic garbage, the only
-part that could leak, was ~600 objects in 20 s at 25,000 packets/s (measured with
-`gc.get_stats()`), so a reload leaks at most a few hundred small objects.
+the collector paused (`rating.deck.paused_gc`, the same pause the deck parser takes) and
+freezes the result unwalked (`freeze_new`). What else is frozen with it is what the live
+traffic made meanwhile; its cyclic garbage, the only part that could leak, was ~600 objects in
+20 s at 25,000 packets/s (measured with `gc.get_stats()`), so a reload leaks at most a few
+hundred small objects.
 
 `GcClock` measures each collection's pause (gc.callbacks) for /metrics, so an operator who
 sees kernel drops can tell a collector stall from an overload.
@@ -33,11 +34,9 @@ import ctypes
 import ctypes.util
 import gc
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["GcClock", "collector_paused", "freeze_long_lived", "freeze_new", "release_free_heap"]
+__all__ = ["GcClock", "freeze_long_lived", "freeze_new", "release_free_heap"]
 
 
 def freeze_long_lived() -> int:
@@ -54,22 +53,6 @@ def freeze_new() -> int:
     """Freeze everything alive now without walking it first; returns the frozen count."""
     gc.freeze()
     return gc.get_freeze_count()
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No automatic collection inside (process-wide); the previous state is restored after.
-
-    Objects built inside stay in the young generation unwalked, so `freeze_new` before leaving
-    moves them out of the collector's sight without the pause a collection would cost.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def release_free_heap() -> None:

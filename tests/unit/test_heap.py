@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from rating.deck import paused_gc
 from sip import hep, message
 from sip.capture import read_capture
 from sip.dialog import Tracker
 from vmgated.config import load_config
-from vmgated.heap import GcClock, collector_paused, freeze_long_lived, freeze_new
+from vmgated.heap import GcClock, freeze_long_lived, freeze_new
 from vmgated.pipeline import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +90,9 @@ def test_a_reload_builds_with_the_collector_paused_and_freezes_unwalked() -> Non
     clock.install()
     try:
         assert gc.isenabled()
-        with collector_paused():
+        with paused_gc():
             assert not gc.isenabled()
-            with collector_paused():  # nested (the deck parser pauses it too)
+            with paused_gc():  # nested (the deck parser pauses it too)
                 pass
             assert not gc.isenabled()
             before = list(clock.seconds)
