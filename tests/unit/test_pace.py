@@ -87,7 +87,7 @@ def test_the_reload_worker_waits_while_datagrams_queue_up_and_not_longer() -> No
     t = time.monotonic()
     app._give_way(lambda: 10 * app.QUEUED_MAX)  # overloaded for good: bounded wait
     waited = time.monotonic() - t
-    assert app.WAIT_MAX_S <= waited < app.WAIT_MAX_S + 0.05
+    assert app.WAIT_MAX_S <= waited < app.WAIT_MAX_S + 0.5  # bounded (margin: a busy CI box)
 
     t = time.monotonic()
     app._give_way(lambda: 0)  # idle: no wait at all
