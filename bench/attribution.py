@@ -18,9 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sip.call import CallRecord, Disposition, Hop
-from vmgated.attribution import Attributor
-from vmgated.config import Config, load_config
+# This file lives in bench/, beside bench/rating.py: that folder must not shadow the `rating`
+# package the config loader imports.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from sip.call import CallRecord, Disposition, Hop  # noqa: E402
+from vmgated.attribution import Attributor  # noqa: E402
+from vmgated.config import Config, load_config  # noqa: E402
 
 PROXY = ("192.0.2.1", 5060)
 
