@@ -26,6 +26,7 @@ from vmgated.configparse import Endpoint
 
 DIRECT = "direct"  # the reseller of a client that enrolled with a Direct join code
 _CACHE_MAX = 4096  # canonical forms of IPs that missed the exact dicts, before starting over
+_PATHS_MAX = 4096  # hop paths whose attribution is remembered, before starting over
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +126,8 @@ def _canonical(ip: str) -> IPv4Address | IPv6Address | None:
 class Attributor:
     """Attributes calls for one config; build a new one with each config (it is immutable)."""
 
-    __slots__ = ("_by_ids", "_captures", "_client_parties", "_clients", "_trunk_customer",
-                 "_trunks")  # fmt: skip
+    __slots__ = ("_by_ids", "_captures", "_client_parties", "_clients", "_paths",
+                 "_trunk_customer", "_trunks")  # fmt: skip
 
     def __init__(self, config: Config) -> None:
         self._trunks = EndpointIndex((ep, t.id) for t in config.trunks for ep in t.addresses)
@@ -141,14 +142,29 @@ class Attributor:
             c.id: (c.network, c.reseller or DIRECT) for c in config.vmgateclients
         }
         self._by_ids: dict[tuple[str | None, str | None], Attribution] = {}
+        self._paths: dict[tuple[int, int], tuple[object, object, Attribution]] = {}
 
     def attribute(self, record: CallRecord) -> Attribution:
         """The parties of a call from its hops and capture ids (SPEC §4)."""
         return self.attribute_path(record.hops, record.capture_ids)
 
     def attribute_path(self, hops: Sequence[Hop], capture_ids: Sequence[int]) -> Attribution:
-        """The parties of any call with these hops and capture ids (nothing else counts)."""
-        return self.named(trunk=self.trunk_of(hops), client=self.client_of(hops, capture_ids))
+        """The parties of any call with these hops and capture ids (nothing else counts).
+
+        Remembered per pair of objects: the tracker shares one hops tuple and one capture-ids
+        tuple among all calls of a path, so billing, the active-call gauge and the listings
+        look each path up once. Keyed by identity, with the objects held so that their ids
+        cannot be reused while remembered; unshared tuples (CDR lines) only cost a miss.
+        """
+        key = (id(hops), id(capture_ids))
+        hit = self._paths.get(key)
+        if hit is not None and hit[0] is hops and hit[1] is capture_ids:
+            return hit[2]
+        found = self.named(trunk=self.trunk_of(hops), client=self.client_of(hops, capture_ids))
+        if len(self._paths) >= _PATHS_MAX:
+            self._paths.clear()
+        self._paths[key] = (hops, capture_ids, found)
+        return found
 
     def trunk_of(self, hops: Sequence[Hop]) -> str | None:
         """The trunk of the first hop whose source is a trunk address."""

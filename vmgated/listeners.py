@@ -150,9 +150,7 @@ class UdpListener:
         for i, given in enumerate(inherited or ()):
             if given.family == family and given.getsockname()[:2] == sockaddr[:2]:
                 sock = (inherited or []).pop(i)
-                # `ReceiveBuffer=` of the socket unit may be larger, sized for restarts: keep it.
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < self.rcvbuf:
-                    self._set_rcvbuf(sock)
+                self._set_rcvbuf(sock)
                 sock.setblocking(False)
                 log.info("%s udp %s:%s: socket from systemd", self.input_name, self.host,
                          self.port)
@@ -198,6 +196,10 @@ class UdpListener:
         self._sock = None
 
     def _set_rcvbuf(self, sock: socket.socket) -> None:
+        # Raise, never lower: a socket from systemd may come with a larger `ReceiveBuffer=`,
+        # sized for restarts (Linux reports twice the usable size).
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 >= self.rcvbuf:
+            return
         try:
             # Root (or CAP_NET_ADMIN) may exceed net.core.rmem_max.
             sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self.rcvbuf)

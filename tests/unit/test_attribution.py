@@ -141,3 +141,35 @@ def test_most_specific_cidr_is_tried_first_and_ports_are_respected() -> None:
     assert index.lookup("10.1.2.3", 5061) == "narrow"
     assert index.lookup("10.1.2.3", 5060) == "wide"
     assert index.lookup("10.1.2.3", 5062) is None
+
+
+def test_a_shared_path_is_attributed_once_and_equal_paths_alike(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attributor = Attributor(config)
+    hops = (Hop(("127.0.0.1", 5070), PROXY, 1), Hop(PROXY, ("127.0.0.1", 5080), 1))
+    looked_up: list[object] = []
+    trunk_of = Attributor.trunk_of
+
+    def counting(self: Attributor, h: tuple[Hop, ...]) -> str | None:
+        looked_up.append(h)
+        return trunk_of(self, h)
+
+    monkeypatch.setattr(Attributor, "trunk_of", counting)
+    first = attributor.attribute_path(hops, (1,))
+    assert attributor.attribute(record(*hops, capture_ids=(1,))).client == "gw-01"
+    ids = tuple([1])  # equal to (1,), another object
+    assert attributor.attribute_path(hops, ids) is attributor.attribute_path(hops, ids)
+    assert looked_up.count(hops) == 3  # one per distinct (hops, capture ids) pair of objects
+    # Equal but separate tuples (not shared by the tracker) give the same parties.
+    assert attributor.attribute_path(tuple(hops), (1,)) == first
+    assert first.trunk == "acme-1" and first.client == "gw-01"
+
+
+def test_the_path_memo_is_bounded(config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("vmgated.attribution._PATHS_MAX", 8)
+    attributor = Attributor(config)
+    for port in range(50):
+        got = attributor.attribute_path((Hop(("127.0.0.1", 5070), ("10.9.9.9", port), None),), ())
+        assert got.trunk == "acme-1"
+    assert 0 < len(attributor._paths) <= 8
