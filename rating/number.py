@@ -12,6 +12,9 @@ the prefix index is searched with. The choices, in order:
    on the raw text, because tech prefixes often hold non-digits (`0101#`).
 5. A leading `+` is dropped, then every non-digit (spaces, dashes, dots, brackets, visual
    separators of RFC 3966), then one leading `00` (international access code).
+6. What follows `00` is a country code, and no E.164 country code starts with `0`: `000…`
+   is malformed (a doubled access code, a stuck key, a scan) and gives an empty result
+   rather than being matched as if it were a national number.
 
 Not done, on purpose: national prefixes such as a single leading `0` or `011` are kept —
 which digits a trunk sends nationally is the trunk's business, and guessing a country would
@@ -52,4 +55,6 @@ def normalise(number: str, tech_prefix: str = "") -> str:
     digits = "".join(ch for ch in text if "0" <= ch <= "9")
     if digits.startswith("00"):
         digits = digits[2:]
+        if digits.startswith("0"):
+            return ""
     return digits

@@ -48,6 +48,9 @@ def rate_at(idx: PrefixIndex, digits: str, when: str) -> Decimal | None:
         ("9900442071234567", "99", "442071234567"),
         ("442071234567", "99", "442071234567"),  # no tech prefix present: left alone
         ("02071234567", "", "02071234567"),  # national format kept: no country guessing
+        ("0000", "", ""),  # no country code starts with 0: malformed, not rated as national
+        ("000442071234567", "", ""),
+        ("+00442071234567", "", "442071234567"),
         ("anonymous", "", ""),
         ("", "", ""),
     ],
