@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -33,6 +34,7 @@ from vmgated.heap import (
     freeze_long_lived,
     freeze_new,
     release_free_heap,
+    tune_collector,
 )
 from vmgated.journal import CDR, HEP, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
@@ -98,11 +100,13 @@ class App:
                 log.warning("socket from systemd on %s matches no `listen:` entry; closed",
                             sock.getsockname())
                 sock.close()
+            tune_collector()  # before recovery: a journal replay allocates as traffic does
             await self._recover()
             frozen = freeze_long_lived()
             release_free_heap()
             log.info("heap: %d long-lived objects (config, rate decks, restored calls) frozen "
-                     "out of the cycle collector's walks", frozen)
+                     "out of the cycle collector's walks; collector thresholds %s", frozen,
+                     gc.get_threshold())
             for listener in self.listeners:
                 await listener.start()
         except BaseException:

@@ -12,6 +12,7 @@ import pytest
 from sipcalls import BASE, Call, Env, S, harness, make_env, send, setup_messages, to_hep, wait_for
 
 from rating.units import format_time
+from vmgated.heap import THRESHOLDS
 from vmgated.metrics import DROP_SOURCE
 
 HEADER = ("code,description,valid_since,valid_until,rate_per_min,connection_fee,"
@@ -65,6 +66,8 @@ def test_sighup_with_a_changed_deck_prices_new_calls_at_the_new_rate(env: Env) -
     # The new decks are frozen out of the cycle collector's walks, as at start (vmgated.heap).
     assert re.search(r"reloaded \S+ \(\d+ objects frozen\)", logs), logs[-2000:]
     assert re.search(r"heap: \d+ long-lived objects .* frozen", logs)
+    # ... and the collector runs with the daemon's thresholds, not CPython's defaults.
+    assert f"collector thresholds {THRESHOLDS}" in logs
 
 
 def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:

@@ -20,7 +20,7 @@ from sip import hep, message
 from sip.capture import read_capture
 from sip.dialog import Tracker
 from vmgated.config import load_config
-from vmgated.heap import GcClock, freeze_long_lived, freeze_new
+from vmgated.heap import THRESHOLDS, GcClock, freeze_long_lived, freeze_new, tune_collector
 from vmgated.pipeline import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +127,13 @@ def test_the_clock_times_each_collection_by_generation() -> None:
     before = list(clock.seconds)
     gc.collect()
     assert clock.seconds == before
+
+
+def test_tune_collector_sets_the_daemon_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_collector()
+        assert gc.get_threshold() == THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
