@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ledger.errors import KeyConflict, LedgerFull, LedgerWriteFailed
+from ledger.errors import KeyConflict, LedgerError, LedgerFull, LedgerWriteFailed
 from ledger.model import CallEntry, Receipt, Transaction
 from ledger.store import Ledger
 from rating.deck import paused_gc
@@ -29,6 +30,7 @@ from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
 from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, load_config
+from vmgated.control import ControlError
 from vmgated.heap import (
     GcClock,
     freeze_long_lived,
@@ -109,11 +111,40 @@ class App:
                      gc.get_threshold())
             for listener in self.listeners:
                 await listener.start()
+            await self._serve()
         except BaseException:
-            for listener in self.listeners:
-                listener.stop()
+            await self._abort_start()
             raise
-        await self._serve()
+
+    async def _abort_start(self) -> None:
+        """Undo a start that failed part-way (a port in use, an unwritable socket path...).
+
+        Without it the process outlived its own error: the ledger's SQLite thread is not a
+        daemon thread, so an open ledger kept the interpreter from exiting and systemd saw a
+        hung start instead of a failed one. What recovery queued is committed by the close;
+        the snapshot and journal are left as they are, so the next start recovers the same.
+        """
+        for listener in self.listeners:
+            listener.stop()
+        for task in self._tasks:
+            task.cancel()
+        for name in ("metrics", "control"):
+            server = getattr(self, name, None)
+            if server is not None:
+                try:
+                    await server.stop()
+                except Exception:
+                    log.exception("while undoing a failed start: stopping %s", name)
+        ledger = getattr(self, "ledger", None)
+        if ledger is not None:
+            try:
+                await ledger.close()
+            except Exception:
+                log.exception("while undoing a failed start: closing the ledger")
+        journal = getattr(self, "journal", None)
+        if journal is not None:
+            journal.close()
+        self.gc_clock.uninstall()
 
     async def _recover(self) -> None:
         """Open the ledger, load the dialog snapshot, bill what was pending, replay the journal."""
@@ -545,7 +576,14 @@ async def serve(config_path: Path) -> int:
         log.error("cannot start: %s", exc)
         return 1
     app = App(config_path, config)
-    await app.start()
+    try:
+        await app.start()
+    except (OSError, ControlError, LedgerError, sqlite3.Error) as exc:
+        # An address in use, a missing directory for the control socket, another daemon on
+        # it, a ledger it cannot open: said in one line, and the process exits (systemd sees
+        # the failure). Anything else keeps its traceback, and exits too (`_abort_start`).
+        log.error("cannot start: %s", exc)
+        return 1
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.stopping.set)
     loop.add_signal_handler(signal.SIGINT, app.stopping.set)

@@ -85,13 +85,17 @@ class ControlServer:
     async def start(self) -> None:
         """Bind the socket (mode 0660), removing a stale file from a daemon that died.
 
-        Raises ControlError when another daemon is answering on the same path.
+        Raises ControlError when another daemon is answering on the same path, or when the
+        socket cannot be made there (no such directory, no permission).
         """
         _remove_stale(self.path)
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
             self._server = await asyncio.start_unix_server(self._serve, self.path,
                                                            limit=REQUEST_LIMIT)
+        except OSError as exc:
+            # The bind error names no path; the operator needs it (`listen.control`).
+            raise ControlError(f"control socket {self.path}: {exc.strerror or exc}") from exc
         finally:
             os.umask(old_umask)
         os.chmod(self.path, SOCKET_MODE)
