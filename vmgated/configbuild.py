@@ -166,6 +166,13 @@ class Builder:
         hep = tuple(self.specs(hep_raw, "listen.hep", 9060))
         cdr = tuple(self.specs(m.get("cdr"), "listen.cdr", 9070))
         metrics = self.spec(m.get("metrics", {}), "listen.metrics", 9108, "127.0.0.1")
+        if metrics is not None and metrics.interface is not None:
+            # The HTTP endpoint is one TCP server on one address (SPEC §9 names a default
+            # address, not an interface); following an interface's addresses is for the
+            # UDP inputs, which systemd socket activation and reloads also handle.
+            r.problem("listen.metrics.interface",
+                      "the metrics endpoint listens on one address; give address: instead")
+            metrics = None
         metrics = metrics or ListenSpec("127.0.0.1", None, 9108)
         control_text = r.text(m, "control", "listen")
         control = self.resolve(control_text) if control_text else state_dir / "control.sock"

@@ -200,6 +200,13 @@ def test_listener_by_interface_and_auth_key(tmp_path: Path) -> None:
     assert config.security.hep_auth_key == b"s3cret"
 
 
+def test_metrics_on_an_interface_is_refused_by_check_not_by_a_crash(tmp_path: Path) -> None:
+    # `check` used to accept it and the daemon then died on an assert at start.
+    text = edit("metrics: {address: 127.0.0.1, port: 9108}", "metrics: {interface: lo, port: 9108}")
+    refused(tmp_path, text, "metrics: {interface", "listen.metrics.interface",
+            "the metrics endpoint listens on one address; give address: instead")
+
+
 def test_unquoted_digits_keep_their_source_text(tmp_path: Path) -> None:
     # YAML 1.1 reads 0011 as octal 9; a tech prefix must stay the digits written.
     text = edit(
