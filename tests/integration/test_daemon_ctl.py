@@ -69,6 +69,18 @@ def test_calls_active_while_a_call_is_up(env: Env) -> None:
     assert active["answer"] == format_time(BASE + 501 * S)
     human = env.ctl("calls", "--active").stdout
     assert "acme-1" in human and "gw-01" in human
+    # The history's filters select calls in progress too (they used to be ignored).
+    start = format_time(BASE + 500 * S)
+    after = format_time(BASE + 500 * S + 1)
+    for flags, n in ((["--customer", "acme"], 1), (["--customer", "nobody"], 0),
+                     (["--trunk", "acme-1"], 1), (["--client", "gw-02"], 0),
+                     (["--reseller", "r-alpha"], 1), (["--reseller", "direct"], 0),
+                     (["--since", start], 1), (["--since", after], 0),
+                     (["--until", after], 1), (["--until", start], 0),
+                     (["--limit", "0"], 0), (["--limit", "1", "--client", "gw-01"], 1)):
+        assert len(env.ctl_json("calls", "--active", *flags)) == n, flags
+    refused = env.ctl("calls", "--active", "--unrated", check=False)
+    assert refused.returncode != 0 and "not rated until they end" in refused.stderr
     clients = env.ctl_json("clients")
     assert [(c["id"], c["online"]) for c in clients] == [("gw-01", True)]
     assert env.ctl_json("status")["active_calls"] == 1

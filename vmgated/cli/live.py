@@ -50,7 +50,8 @@ def register(commands: Commands) -> None:
     p.add_argument("--reseller")
     p.add_argument("--since", type=time_arg, help="RFC 3339 or epoch seconds")
     p.add_argument("--until", type=time_arg)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N calls (default: 100 of the history; every call in progress)")
     p.set_defaults(func=run_calls)
     p = commands.add_parser("balances", help="My Balance, Customer Total, owed amounts")
     p.set_defaults(func=run_balances)
@@ -250,7 +251,14 @@ def run_calls(args: argparse.Namespace) -> int:
     """Call history from the ledger, or calls in progress from the daemon."""
     config = locate(args)
     if args.active:
-        active = _ctl(config, "calls_active")
+        if args.unrated:
+            raise CommandError("--unrated selects rated calls from the history; calls in "
+                               "progress are not rated until they end")
+        active = _ctl(config, "calls_active", {
+            "customer": args.customer, "trunk": args.trunk, "client": args.client,
+            "reseller": args.reseller, "since": args.since, "until": args.until,
+            "limit": args.limit,
+        })
         rows = [[c["start"], c["answer"], c["trunk"], c["client"], c["reseller"], c["caller"],
                  c["callee"]] for c in active]
         return _emit(args, active,
@@ -258,7 +266,7 @@ def run_calls(args: argparse.Namespace) -> int:
     entries = reports.calls(
         _ledger_path(config), customer=args.customer, trunk=args.trunk, client=args.client,
         reseller=args.reseller, since=args.since, until=args.until, unrated=args.unrated,
-        limit=args.limit,
+        limit=100 if args.limit is None else args.limit,
     )
     data = [call_json(e) for e in entries]
     rows = [[format_time(e.start), e.trunk, e.client, e.reseller, e.callee, e.billsec,
