@@ -269,6 +269,9 @@ class App:
             concurrent_ports_limit=cfg.subscription.limits.concurrent_ports,
             per_account=cfg.metrics.per_account,
             account_info=tuple(info),
+            accounts=tuple([("customer", c.id) for c in cfg.customers]
+                           + [("client", c.id) for c in cfg.vmgateclients]
+                           + [("reseller", r.id) for r in cfg.resellers]),
         )
 
     def active_by_party(self) -> dict[tuple[str, str], int]:

@@ -166,6 +166,12 @@ class BalanceSource(Protocol):
         ...
 
 
+# The per-account series are the three parties' accounts; the tenant's is
+# vmgated_tenant_balance, and `external` (the outside world's side of payments) is no account
+# anyone is billed or paid on.
+_PARTY_KINDS = frozenset({"customer", "client", "reseller"})
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """Config-derived parts of the exposition, swapped as one reference on reload."""
@@ -176,6 +182,10 @@ class MetricsSettings:
     # (kind, account id, billing_type) rendered as vmgated_account_info, so alert rules can
     # single out prepaid customers; bounded by the config like the balances.
     account_info: tuple[tuple[str, str, str], ...] = ()
+    # (kind, account id) of every configured customer, client and reseller: each gets a
+    # balance series from the start, 0 until its first posting, so an alert on a prepaid
+    # customer's balance also sees a customer who never called or paid.
+    accounts: tuple[tuple[str, str], ...] = ()
 
 
 class Sample(NamedTuple):
@@ -298,7 +308,15 @@ class MetricsCollector:
             for fam, micros in zip(summary, figures, strict=True):
                 fam.add(format_micros(micros), currency=currency)
             if settings.per_account:
-                for kind, ident, micros in self.balances.accounts(currency):
+                held = {(kind, ident): micros
+                        for kind, ident, micros in self.balances.accounts(currency)
+                        if kind in _PARTY_KINDS}
+                # Configured accounts first (0 without postings), then any that still hold
+                # money but left the config (a removed customer can still owe).
+                for key in settings.accounts:
+                    accounts.add(format_micros(held.pop(key, 0)), currency=currency,
+                                 kind=key[0], account=key[1])
+                for (kind, ident), micros in held.items():
                     accounts.add(format_micros(micros), currency=currency, kind=kind,
                                  account=ident)
         families = summary

@@ -40,7 +40,8 @@ class Balances:
 
     def accounts(self, currency: str) -> Iterable[tuple[str, str, int]]:
         return [("customer", "acme", -100_000_000_000_001), ("client", "gw-01", 7),
-                ("reseller", 'r-"q"', 0)]
+                ("external", "", 99_995_400), ("reseller", 'r-"q"', 0),
+                ("tenant", "", 654_497)]
 
 
 def populated(per_account: bool = True) -> MetricsCollector:
@@ -58,7 +59,9 @@ def populated(per_account: bool = True) -> MetricsCollector:
     histogram.observe(0.003)
     settings = MetricsSettings(currencies=("USD",), concurrent_ports_limit=200,
                                per_account=per_account,
-                               account_info=(("customer", "acme", "prepaid"),))
+                               account_info=(("customer", "acme", "prepaid"),
+                                             ("customer", "orbit", "prepaid")),
+                               accounts=(("customer", "acme"), ("customer", "orbit")))
     return MetricsCollector(counters, settings=settings, balances=Balances(),
                             active_calls=lambda: {("acme-1", "gw-01"): 4},
                             udp_drops=lambda: 9, queue_depth=lambda: 2,
@@ -118,6 +121,21 @@ def test_money_is_rendered_exactly_from_micro_units() -> None:
     assert value_of(  # label values are escaped
         text, 'vmgated_account_balance{currency="USD",kind="reseller",account="r-\\"q\\""}'
     ) == "0.000000"
+
+
+def test_every_configured_account_has_a_balance_series_and_only_those_kinds() -> None:
+    _, _, text = scrape(populated())
+    # No posting yet: still exported, at 0, so a low-prepaid-balance alert sees it.
+    assert value_of(
+        text, 'vmgated_account_balance{currency="USD",kind="customer",account="orbit"}'
+    ) == "0.000000"
+    # Accounts with postings but not (or no longer) configured are kept: they hold money.
+    assert value_of(
+        text, 'vmgated_account_balance{currency="USD",kind="client",account="gw-01"}'
+    ) == "0.000007"
+    # The tenant's balance has its own series; `external` is no party's account.
+    kinds = set(re.findall(r'vmgated_account_balance\{currency="USD",kind="(\w+)"', text))
+    assert kinds == {"customer", "client", "reseller"}
 
 
 def test_call_and_input_counters() -> None:
@@ -209,7 +227,7 @@ def test_scrape_runs_on_the_loop_without_blocking_it_for_long() -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         body = collector.render()
-        assert body.count(b"vmgated_account_balance{") == 10_000
+        assert body.count(b"vmgated_account_balance{") == 10_000 + 2  # + acme, orbit at 0
         return loop.time() - start
 
     assert uvloop.run(main()) < 0.5
