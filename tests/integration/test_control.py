@@ -226,3 +226,31 @@ def test_a_plain_file_in_the_way_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ControlError, match="is not a socket"):
         uvloop.run(start())
     assert sock.read_text() == "not a socket"
+
+
+def test_vmgatectl_says_so_in_one_line_when_the_daemon_is_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A daemon that accepts the connection and never answers (stuck, or overloaded past
+    # the client's wait): an error line and exit 1, not a TimeoutError traceback.
+    import shutil
+
+    from vmgated.cli import live
+    from vmgated.cli.main import main
+
+    root = Path(__file__).resolve().parents[2]
+    shutil.copytree(root / "conf" / "decks", tmp_path / "decks")
+    sock_path = tmp_path / "silent.sock"
+    text = (root / "conf" / "vmgated.yaml").read_text()
+    config = tmp_path / "vmgated.yaml"
+    config.write_text(text.replace("./var/control.sock", str(sock_path)))
+    assert str(sock_path) in config.read_text()
+    real_call = live.call
+    monkeypatch.setattr(live, "call", lambda *a, **k: real_call(*a, **{**k, "timeout": 0.3}))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(sock_path))
+        server.listen()
+        code = main(["--config", str(config), "status"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "did not answer 'status'" in err and "Traceback" not in err

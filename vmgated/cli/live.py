@@ -107,6 +107,9 @@ def _ctl(where: Where, cmd: str, args: dict[str, Any] | None = None,
                            f"`vmgated --config {where.path}`") from exc
     except ControlError as exc:
         raise CommandError(str(exc)) from exc
+    except TimeoutError as exc:
+        # Connected but silent: overloaded or stuck. A line, not a traceback.
+        raise CommandError(f"{exc}; see its log (`journalctl -u vmgated`)") from exc
 
 
 class Where(NamedTuple):
