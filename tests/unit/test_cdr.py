@@ -95,3 +95,31 @@ def test_bad_lines_are_refused_with_a_reason(data: bytes, reason: str) -> None:
 def test_random_bytes_raise_only_cdr_error(data: bytes) -> None:
     with contextlib.suppress(CdrError):
         parse_line(data)
+
+
+def test_the_readme_demo_lines_bill_on_the_example_tenant() -> None:
+    # README "Try it by hand": conf/demo-cdrs.jsonl on conf/vmgated.yaml gives two answered
+    # calls priced on all three legs and one busy call at 0.
+    from pathlib import Path
+
+    from sip.dialog import Tracker
+    from vmgated.config import load_config
+    from vmgated.metrics import Counters
+    from vmgated.pipeline import Billable, Pipeline, Runtime
+
+    root = Path(__file__).resolve().parents[2]
+    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
+    pipeline = Pipeline(runtime, Tracker(), Counters(), lambda item, tx: None, lambda: 0)
+    lines = (root / "conf" / "demo-cdrs.jsonl").read_bytes().splitlines()
+    entries = [pipeline.entry(Billable(c.uid, c.record, c.trunk, c.client))
+               for c in map(parse_line, lines)]
+    assert [(e.disposition, e.billsec) for e in entries] == [
+        ("answered", 61), ("answered", 125), ("busy", 0)]
+    for e in entries:
+        assert (e.trunk, e.customer, e.client, e.reseller) == ("acme-1", "acme", "gw-01",
+                                                               "r-alpha")
+        assert [leg.party.value for leg in e.legs if leg.rated] == [
+            "customer", "vmgateclient", "reseller"]
+        assert e.flags == ()
+    assert all(leg.amount > 0 for e in entries[:2] for leg in e.legs)
+    assert all(leg.amount == 0 for leg in entries[2].legs)

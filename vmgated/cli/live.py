@@ -276,7 +276,7 @@ def run_calls(args: argparse.Namespace) -> int:
              e.disposition, _leg_amount(e, Party.CUSTOMER), _leg_amount(e, Party.VMGATECLIENT),
              _leg_amount(e, Party.RESELLER), format_micros(e.margin), ",".join(e.flags)]
             for e in entries]
-    return _emit(args, data, ["start", "trunk", "client", "reseller", "number", "billsec",
+    return _emit(args, data, ["start", "trunk", "client", "reseller", "callee", "billsec",
                               "disposition", "charge", "client_payout", "reseller_payout",
                               "margin", "flags"], rows)
 
