@@ -36,6 +36,7 @@ from ledger.model import (
     account,
 )
 from rating.model import Leg, Party
+from rating.units import TIME_MAX
 
 MAX_AMOUNT = 1 << 62  # SQLite INTEGER is signed 64-bit; keep sums of two amounts in range
 _ID_KINDS = frozenset(
@@ -259,6 +260,12 @@ def check(tx: Transaction) -> None:
         raise InvalidTransaction("transaction: key: is empty; every transaction needs a key")
     if not tx.currency:
         raise InvalidTransaction(f"{where}: currency: is empty")
+    if type(tx.created) is int and not 0 <= tx.created <= TIME_MAX:
+        # The chain hash packs it as a signed 64-bit integer: a time past that would stop the
+        # writer in the middle of a group instead of refusing this one transaction.
+        raise InvalidTransaction(
+            f"{where}: created: {tx.created} µs is not a time between 1970 and 9999"
+        )
     total = 0
     for i, p in enumerate(tx.postings):
         if type(p.amount) is not int or p.amount == 0 or not -MAX_AMOUNT < p.amount < MAX_AMOUNT:

@@ -382,6 +382,7 @@ class Writer:
         # loop takes and plans group N+1 against N's predicted head. If N's head turns out
         # otherwise (it failed, or met keys already in the file), N+1 is planned again.
         inflight: tuple[_Plan, asyncio.Task[_Plan]] | None = None
+        units: list[_Unit] = []  # taken from the queue, not yet in a plan in flight
         try:
             while True:
                 if not self._queue:
@@ -419,6 +420,7 @@ class Writer:
                         plan = self._plan(units, self._seq, self._hash, {}, None)
                     await self._maintain()
                 inflight = (plan, asyncio.create_task(self._write(plan)))
+                units = []
         except BaseException as exc:
             # The writer must never die silently: whoever waits learns why.
             self._closing = True
@@ -426,6 +428,10 @@ class Writer:
             if inflight is not None:
                 inflight[1].cancel()
                 inflight[0].fail(err)
+            for unit in units:  # taken but never planned: their callers must hear too
+                for item in unit:
+                    if not item.fut.done():
+                        item.fut.set_exception(err)
             while self._queue:
                 for item in self._queue.popleft():
                     if not item.fut.done():

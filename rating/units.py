@@ -68,15 +68,33 @@ def ceil_seconds(duration_us: int) -> int:
 _NUMERIC = re.compile(r"^-?\d+(\.\d+)?$")
 
 
+TIME_MAX: EpochUs = 253_402_300_799_999_999
+"""9999-12-31T23:59:59.999999Z, the last instant RFC 3339 can write (and well inside the
+ledger's signed 64-bit integers). Times before 1970 or after it are refused when read."""
+
+
 def parse_time(value: str | int | Decimal) -> EpochUs:
-    """Read RFC 3339 (UTC or with offset) or epoch seconds with a fraction into EpochUs."""
+    """Read RFC 3339 (UTC or with offset) or epoch seconds with a fraction into EpochUs.
+
+    Raises UnitError for anything else, including a time outside 1970-01-01 … 9999-12-31
+    (an epoch number like 1e13 or 1e999999999 is a typo or garbage, never a call time).
+    """
+    us = _parse_time(value)
+    if not 0 <= us <= TIME_MAX:
+        raise UnitError(f"{value!r} is outside 1970-01-01T00:00:00Z … 9999-12-31T23:59:59Z")
+    return us
+
+
+def _parse_time(value: str | int | Decimal) -> EpochUs:
     if isinstance(value, int):
         return value * MICROS
     if isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 30:
+            raise UnitError(f"{value!r} is not a time in epoch seconds")
         return int((value * MICROS).to_integral_value(rounding=ROUND_HALF_UP))
     text = value.strip()
     if _NUMERIC.match(text):
-        return parse_time(Decimal(text))
+        return _parse_time(Decimal(text))
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError as exc:

@@ -85,7 +85,13 @@ def _text(obj: dict[str, Any], field: str, default: str | None = None) -> str | 
         return None
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise CdrError("bad_field", f"{field}: {value!r} must be a string")
-    return str(value)
+    text = str(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON lets "\ud800" through; UTF-8 cannot hold it
+            raise CdrError("bad_field", f"{field}: {value!r} is not valid Unicode") from exc
+    return text
 
 
 def _disposition(answered: bool, code: int) -> Disposition:

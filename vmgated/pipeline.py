@@ -31,6 +31,7 @@ from vmgated.metrics import Counters
 
 SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
 LOG_EVERY = 10.0  # seconds between two drop warnings (as the listeners do)
+INTERNAL_ERROR = "internal_error"  # vmgated_packets_total result of a datagram that hit a bug
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class Pipeline:
         self.clock_us = clock_us
         self._unlogged: dict[tuple[str, str], int] = {}
         self._last_log = -LOG_EVERY
+        self._last_failure = -LOG_EVERY
 
     # -- input -------------------------------------------------------------------------
     def feed_hep(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
@@ -86,26 +88,30 @@ class Pipeline:
         decode, parse, feed = hep.decode, message.parse, self.tracker.feed
         for data, sender in batch:
             try:
-                pkt = decode(data)
-            except hep.HepError as exc:
-                self.dropped("hep", exc.reason, exc, sender)
-                continue
-            if auth_key is not None and pkt.auth_key != auth_key:
-                self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
-                continue
-            if pkt.proto_type != SIP_PROTO_TYPE:
-                self.dropped("hep", "not_sip", f"protocol type {pkt.proto_type}", sender)
-                continue
-            try:
-                msg = parse(pkt.payload)
-            except message.SipError as exc:
-                self.dropped("hep", "sip_" + exc.reason, exc, sender)
-                continue
-            packets[("hep", "ok")] += 1
-            records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id, pkt.correlation_id)
-            if records:
-                for record in records:
-                    self.bill(Billable("", record))
+                try:
+                    pkt = decode(data)
+                except hep.HepError as exc:
+                    self.dropped("hep", exc.reason, exc, sender)
+                    continue
+                if auth_key is not None and pkt.auth_key != auth_key:
+                    self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
+                    continue
+                if pkt.proto_type != SIP_PROTO_TYPE:
+                    self.dropped("hep", "not_sip", f"protocol type {pkt.proto_type}", sender)
+                    continue
+                try:
+                    msg = parse(pkt.payload)
+                except message.SipError as exc:
+                    self.dropped("hep", "sip_" + exc.reason, exc, sender)
+                    continue
+                packets[("hep", "ok")] += 1
+                records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id,
+                               pkt.correlation_id)
+                if records:
+                    for record in records:
+                        self.bill(Billable("", record))
+            except Exception as exc:
+                self.failed("hep", exc, sender)
 
     def feed_cdr(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
         """Process a batch of CDR datagrams (one JSON object each, or several lines)."""
@@ -114,12 +120,15 @@ class Pipeline:
                 if not line.strip():
                     continue
                 try:
-                    cdr = parse_line(line, sender)
-                except CdrError as exc:
-                    self.dropped("cdr", exc.reason, exc, sender)
-                    continue
-                self.counters.count_packets("cdr", "ok")
-                self.bill(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))
+                    try:
+                        cdr = parse_line(line, sender)
+                    except CdrError as exc:
+                        self.dropped("cdr", exc.reason, exc, sender)
+                        continue
+                    self.counters.count_packets("cdr", "ok")
+                    self.bill(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))
+                except Exception as exc:
+                    self.failed("cdr", exc, sender)
 
     def feed_sip(self, data: bytes, ts_us: int, src: Addr, dst: Addr) -> None:
         """Process one raw SIP payload captured without HEP (pcap replay)."""
@@ -145,6 +154,21 @@ class Pipeline:
         self._unlogged.clear()
         log.warning("dropped %s (last: %s from %s:%s); counted in vmgated_packets_total",
                     counts, detail, sender[0], sender[1])
+
+    def failed(self, input_name: str, exc: Exception, sender: Addr) -> None:
+        """A datagram that hit a bug (not a refusal the parsers know): count it, log the
+        traceback at most every LOG_EVERY seconds, and go on with the rest of the batch.
+
+        SPEC §3.3: bad input never stops the daemon or costs another call. The journal still
+        holds the datagram, so a fixed build bills it at its next restart.
+        """
+        self.counters.packets[(input_name, INTERNAL_ERROR)] += 1
+        now = time.monotonic()
+        if now - self._last_failure >= LOG_EVERY:
+            self._last_failure = now
+            log.error("a %s datagram from %s:%s failed in the pipeline (counted as %s; the "
+                      "batch goes on)", input_name, sender[0], sender[1], INTERNAL_ERROR,
+                      exc_info=exc)
 
     def expire(self, now_us: int | None = None) -> int:
         """Close overdue dialogs (max_duration, session expiry, no final response)."""

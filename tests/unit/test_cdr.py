@@ -82,6 +82,13 @@ def test_src_address_forms() -> None:
         (line(start="yesterday"), "bad_field"),
         (line(extra=1), "bad_field"),
         (b" " * 9000, "oversized"),
+        # Found by an audit: these passed (or raised something else) and then stopped the
+        # ledger writer or cost the rest of their batch.
+        (line(start=10**13, answer=10**13 + 5, end=10**13 + 65), "bad_field"),
+        (b'{"call_id": "x", "trunk": "t", "client": "c", "start": 1e999999999, '
+         b'"end": 1e999999999}', "bad_field"),
+        (line(call_id="x\ud800"), "bad_field"),
+        (line(trunk="acme-\udfff"), "bad_field"),
     ],
 )
 def test_bad_lines_are_refused_with_a_reason(data: bytes, reason: str) -> None:
@@ -123,3 +130,33 @@ def test_the_readme_demo_lines_bill_on_the_example_tenant() -> None:
         assert e.flags == ()
     assert all(leg.amount > 0 for e in entries[:2] for leg in e.legs)
     assert all(leg.amount == 0 for leg in entries[2].legs)
+
+
+def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
+    # SPEC §3.3: never loses another call. An exception the parsers do not know (here the
+    # sink, standing for the ledger side) used to escape feed_cdr and drop the whole batch.
+    from pathlib import Path
+
+    from sip.dialog import Tracker
+    from vmgated.config import load_config
+    from vmgated.metrics import Counters
+    from vmgated.pipeline import INTERNAL_ERROR, Pipeline, Runtime
+
+    root = Path(__file__).resolve().parents[2]
+    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
+    billed: list[str] = []
+
+    def sink(item: object, tx: object) -> None:
+        call_id = item.record.call_id  # type: ignore[attr-defined]
+        if call_id == "demo-0002@acme":
+            raise RuntimeError("a bug on the ledger side")
+        billed.append(call_id)
+
+    counters = Counters()
+    pipeline = Pipeline(runtime, Tracker(), counters, sink, lambda: 0)
+    lines = (root / "conf" / "demo-cdrs.jsonl").read_bytes().splitlines()
+    sender = ("127.0.0.1", 5060)
+    pipeline.feed_cdr([(lines[0], sender), (lines[1], sender), (lines[2], sender)])
+    assert billed == ["demo-0001@acme", "demo-0003@acme"]
+    assert counters.packets[("cdr", INTERNAL_ERROR)] == 1
+    assert counters.packets[("cdr", "ok")] == 3

@@ -361,3 +361,36 @@ def test_any_interleaving_of_duplicates_yields_each_key_once(
         assert total.fetchone()[0] == sum(first_amount.values())
     assert sorted(keys) == sorted({f"pay:r{ref}" for ref, _, _ in plan})
     assert verify(db).ok
+
+
+def test_a_bug_while_planning_fails_the_taken_group_instead_of_stranding_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer used to take a group off the queue, die planning it (a struct.error in the
+    # chain hash, found by an audit) and leave those callers waiting forever.
+    import ledger.writer as writer_module
+
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("planning bug")
+
+    async def body(ledger: Ledger) -> None:
+        monkeypatch.setattr(writer_module, "chain_hash", broken)
+        futures = [ledger.submit_nowait(pay(f"P-{i}")) for i in range(3)]
+        done, pending = await asyncio.wait(futures, timeout=10)
+        assert not pending, "callers left waiting after the writer stopped"
+        for fut in done:
+            with pytest.raises(Exception, match="ledger writer stopped"):
+                fut.result()
+        with pytest.raises(LedgerClosed):
+            ledger.submit_nowait(pay("P-later"))
+
+    checked: list[bool] = []
+
+    async def run(ledger: Ledger) -> None:
+        await body(ledger)
+        checked.append(True)
+
+    # Closing a ledger whose writer died reports how it died; the body ran to its end first.
+    with pytest.raises(RuntimeError, match="planning bug"):
+        with_ledger(tmp_path / "l.db", run)
+    assert checked == [True]

@@ -221,3 +221,15 @@ def test_check_accepts_exactly_the_zero_sum_sets(values: list[int]) -> None:
     else:
         with pytest.raises(NotZeroSum):
             txs.check(tx)
+
+
+def test_check_refuses_a_created_time_the_chain_cannot_hold() -> None:
+    # The chain hash packs `created` as a signed 64-bit integer: past 9999 the writer would
+    # have died planning the group; `check` refuses the one transaction instead.
+    good = txs.payment_in("acme", 1_000_000, "BANK-1", T0, "USD")
+    txs.check(good)
+    for created in (-1, 10**19):
+        bad = Transaction(key=good.key, kind=good.kind, currency=good.currency,
+                          postings=good.postings, created=created, payment=good.payment)
+        with pytest.raises(InvalidTransaction, match="created"):
+            txs.check(bad)

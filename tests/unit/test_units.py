@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from rating.units import (
     MICROS,
+    TIME_MAX,
     UnitError,
     ceil_seconds,
     format_micros,
@@ -71,6 +72,24 @@ def test_parse_time_forms() -> None:
     assert parse_time(Decimal("1767225600.000001")) == jan + 1
     with pytest.raises(UnitError):
         parse_time("next tuesday")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**13, "10000000000000", Decimal("1e13"), Decimal("1e999999999"), Decimal("NaN"), -1,
+     "1969-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00"],
+)
+def test_parse_time_refuses_times_no_call_can_have(value: object) -> None:
+    # A CDR with such a time used to pass and stop the ledger writer (its chain hash packs
+    # the time as a signed 64-bit integer), or raise decimal.Overflow, not UnitError.
+    with pytest.raises(UnitError):
+        parse_time(value)  # type: ignore[arg-type]
+
+
+def test_parse_time_takes_both_ends_of_its_range() -> None:
+    assert parse_time("1970-01-01T00:00:00Z") == 0
+    assert parse_time("9999-12-31T23:59:59.999999Z") == TIME_MAX
+    assert format_time(TIME_MAX) == "9999-12-31T23:59:59.999999Z"
 
 
 def test_format_time_is_rfc3339_utc() -> None:
