@@ -99,8 +99,12 @@ class _PlanRater:
         self.memo: dict[int, Leg] = {}
         self.codes: dict[str, Code | None] = {}
 
-    def leg(self, digits: str, start: EpochUs, billsec: int) -> Leg:
-        """This plan's leg for a call (digits already normalised and non-empty)."""
+    def leg(self, digits: str, start: EpochUs, billsec: int, fee_only: bool = False) -> Leg:
+        """This plan's leg for a call (digits already normalised and non-empty).
+
+        `fee_only`: answered with billsec 0 (the answer and the end at the same microsecond):
+        0 seconds charged, the connection fee due (SPEC §5).
+        """
         codes = self.codes
         try:
             code = codes[digits]
@@ -118,6 +122,8 @@ class _PlanRater:
             if row is None:
                 return self.no_rate
         if billsec <= 0:
+            if fee_only:
+                return self._make(row, 0, True)  # rare: not worth a memo key of its own
             charged = 0
         else:
             # tariff.charged_seconds, inlined (the tests hold the two equal).
@@ -137,9 +143,11 @@ class _PlanRater:
             leg = memo[key] = self._make(row, charged)
         return leg
 
-    def _make(self, row: IndexedRow, charged: int) -> Leg:
+    def _make(self, row: IndexedRow, charged: int, answered: bool = False) -> Leg:
         dest = row.dest
-        amount = (row.fee2 + row.rate2 * charged + row.den) // row.den2 if charged else 0
+        amount = (
+            (row.fee2 + row.rate2 * charged + row.den) // row.den2 if charged or answered else 0
+        )
         return _tuple(
             Leg,
             (
@@ -266,8 +274,14 @@ class Rater:
         client: str | None,
         start: EpochUs,
         billsec: int,
+        answered: bool | None = None,
     ) -> RatedCall:
-        """Rate one call for all three parties (billsec 0: unanswered, every amount 0)."""
+        """Rate one call for all three parties.
+
+        `answered` None means `billsec > 0`. An unanswered call costs 0 on every leg; an
+        answered one with billsec 0 costs the connection fee (0 seconds charged).
+        """
+        fee_only = answered is True and billsec <= 0
         t = self._trunks.get(trunk) if trunk is not None else None
         if t is None:
             digits = normalise(number)
@@ -278,7 +292,7 @@ class Rater:
             if tp is None:
                 customer = t.unrated
             elif digits:
-                customer = tp.leg(digits, start, billsec)
+                customer = tp.leg(digits, start, billsec, fee_only)
             else:
                 customer = tp.no_number
         c = self._clients.get(client) if client is not None else None
@@ -290,14 +304,14 @@ class Rater:
             if cp is None:
                 vmgateclient = c.unrated
             elif digits:
-                vmgateclient = cp.leg(digits, start, billsec)
+                vmgateclient = cp.leg(digits, start, billsec, fee_only)
             else:
                 vmgateclient = cp.no_number
             rp = c.reseller_plan
             if rp is None:
                 reseller = c.reseller_unrated
             elif digits:
-                reseller = rp.leg(digits, start, billsec)
+                reseller = rp.leg(digits, start, billsec, fee_only)
             else:
                 reseller = rp.no_number
         margin = customer.amount - vmgateclient.amount

@@ -199,7 +199,7 @@ class Pipeline:
         record = item.record
         who = self.attribute(item)
         rated = self.runtime.rater.rate(record.callee, who.trunk, who.client, record.start,
-                                        record.billsec)
+                                        record.billsec, record.answer is not None)
         legs, flags = rating_fields(rated, record.flags)
         return CallEntry(
             call_uid=item.uid or record.uid,
@@ -225,7 +225,8 @@ class Pipeline:
 
     def rerate_entry(self, old: CallEntry) -> CallEntry:
         """Rate a call from history again with the running plans, same attribution."""
-        rated = self.runtime.rater.rate(old.callee, old.trunk, old.client, old.start, old.billsec)
+        rated = self.runtime.rater.rate(old.callee, old.trunk, old.client, old.start, old.billsec,
+                                        old.answer is not None)
         legs, flags = rating_fields(rated, old.flags)
         return replace(old, number=rated.number, legs=legs, margin=rated.margin, flags=flags)
 

@@ -160,3 +160,23 @@ def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
     assert billed == ["demo-0001@acme", "demo-0003@acme"]
     assert counters.packets[("cdr", INTERNAL_ERROR)] == 1
     assert counters.packets[("cdr", "ok")] == 3
+
+
+def test_an_answered_cdr_with_no_billable_second_pays_the_connection_fee() -> None:
+    # answer == end: billsec 0, answered; retail-a's 535 row has a 0.0100 connection fee.
+    from pathlib import Path
+
+    from sip.dialog import Tracker
+    from vmgated.config import load_config
+    from vmgated.metrics import Counters
+    from vmgated.pipeline import Billable, Pipeline, Runtime
+
+    root = Path(__file__).resolve().parents[2]
+    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
+    pipeline = Pipeline(runtime, Tracker(), Counters(), lambda item, tx: None, lambda: 0)
+    cdr = parse_line(line(callee="5351234567", answer="2026-11-22T10:00:05Z",
+                          end="2026-11-22T10:00:05Z"))
+    entry = pipeline.entry(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))
+    assert (entry.disposition, entry.billsec) == ("answered", 0)
+    (customer,) = [leg for leg in entry.legs if leg.party.value == "customer"]
+    assert (customer.prefix, customer.charged_sec, customer.amount) == ("535", 0, 10_000)

@@ -90,6 +90,19 @@ def test_unanswered_call_is_rated_but_costs_nothing(rater: Rater) -> None:
     assert call.vmgateclient.amount == 0 and call.margin == 0
 
 
+def test_answered_with_billsec_zero_costs_the_connection_fee(rater: Rater) -> None:
+    # SPEC §5: charged 0 when billsec is 0, but the fee is due on every answered call.
+    # (Found by an audit: the rater read "answered" from billsec > 0.)
+    for _ in range(2):  # the second time past any memo
+        call = rater.rate("442071234567", "acme-1", "gw-greedy", NOV, 0, True)
+        assert (call.vmgateclient.charged_sec, call.vmgateclient.amount) == (0, 10_000)
+        assert (call.customer.charged_sec, call.customer.amount) == (0, 0)  # no fee in retail
+        assert call.margin == -10_000 and call.negative_margin
+    unanswered = rater.rate("442071234567", "acme-1", "gw-greedy", NOV, 0, False)
+    assert unanswered.vmgateclient.amount == 0
+    assert rater.rate("442071234567", "acme-1", "gw-greedy", NOV, 0).vmgateclient.amount == 0
+
+
 def test_direct_client_has_no_reseller_leg(rater: Rater) -> None:
     call = rater.rate("442071234567", "acme-1", "gw-direct", NOV, 61)
     assert call.reseller is None
@@ -268,10 +281,14 @@ def test_sample_tenant_rates_the_readme_example() -> None:
     st.sampled_from(["442071234567", "441611234567", "4420", "44"]),
     st.sampled_from(["gw-01", "gw-direct", "gw-greedy"]),
     st.integers(0, 7_200),
+    st.booleans(),
 )
-def test_each_leg_equals_the_reference_formula(number: str, client: str, billsec: int) -> None:
+def test_each_leg_equals_the_reference_formula(
+    number: str, client: str, billsec: int, zero_answered: bool
+) -> None:
     rater = Rater(PLANS, TRUNKS, CLIENTS)
-    call = rater.rate(number, "acme-1", client, NOV, billsec)
+    answered = billsec > 0 or zero_answered
+    call = rater.rate(number, "acme-1", client, NOV, billsec, answered)
     for leg in (call.customer, call.vmgateclient, call.reseller):
         if leg is None:
             continue
@@ -280,5 +297,5 @@ def test_each_leg_equals_the_reference_formula(number: str, client: str, billsec
         charged = charged_seconds(billsec, leg.connection_sec, leg.billing_block_sec)
         assert leg.charged_sec == charged
         assert leg.amount == amount_micros(
-            leg.rate_per_min, leg.connection_fee, charged, billsec > 0
+            leg.rate_per_min, leg.connection_fee, charged, answered
         )
