@@ -1,9 +1,11 @@
 """The plan lock of SPEC §5 as a pure function, so the ledger (which knows history) enforces it.
 
-Once a destination row has priced a call, the row is part of history: it may not be removed
-or changed in any field (add a row with a later `valid_since` instead). A plan with any
-history may not be deleted, nor may its currency change (every stored amount would change
-meaning). A plan's scope never changes, history or not. Adding rows is always allowed.
+Once a plan has priced a call, its rows are part of history: none may be removed or changed in
+any field, whether or not that row itself priced a call (SPEC §5: "an edit that changes an
+existing destination row is refused"; add a row with a later `valid_since` instead). A plan
+with any history may not be deleted, nor may its currency change (every stored amount would
+change meaning). A plan's scope never changes, history or not. Adding rows is always allowed;
+a plan without history may be edited freely.
 
 A row is identified by `(plan name, code, valid_since)`, exactly what `Leg` records (`plan`,
 `prefix`, `valid_since`). `Destination.origin` (file and line) is not part of a row's content:
@@ -104,10 +106,13 @@ def check_plan_edit(
         return violations
     before = _rows(old.destinations)
     after = _rows(new.destinations)
-    for code, since in mine:
-        was = before.get((code, since))
-        if was is None:
-            continue  # history of a row the old plan no longer had: nothing left to protect
+    priced = set(mine)
+    for n, ((code, since), was) in enumerate(sorted(before.items())):
+        if not n % EVERY:
+            pace()
+        # SPEC §5: once the plan has history every existing row is fixed, not only the rows
+        # that priced a call (the rows a call did not use are still the plan that was sold).
+        why = "has priced calls" if (code, since) in priced else "its plan has call history"
         now = after.get((code, since))
         if now is None:
             violations.append(
@@ -115,8 +120,8 @@ def check_plan_edit(
                     name,
                     code,
                     since,
-                    "was removed but has priced calls; keep it and add a row with a later "
-                    "valid_since to supersede it",
+                    f"was removed but {why}; keep it and add a row with a later valid_since "
+                    "to supersede it",
                 )
             )
             continue
@@ -131,8 +136,8 @@ def check_plan_edit(
                     name,
                     code,
                     since,
-                    "changed (" + ", ".join(changed) + ") but has priced calls; a used row is "
-                    "fixed — add a row with a later valid_since instead",
+                    "changed (" + ", ".join(changed) + f") but {why}; the rows of a plan with "
+                    "history are fixed — add a row with a later valid_since instead",
                 )
             )
     return violations

@@ -42,10 +42,12 @@ def test_rates_import(tmp_path: Path) -> None:
 
         later = format_time(BASE + 100 * S)
         good = tmp_path / "good.csv"
-        good.write_text(HEADER + ROWS + f"1202,USA Washington DC (2),{later},,0.0200,,60,60\n")
+        # Every row of the running deck kept (the plan has history), one later row added.
+        good.write_text(original + f"1202,USA Washington DC (2),{later},,0.0200,,60,60\n")
         result = json.loads(env.ctl("rates", "import", str(good), "--plan", "retail-a",
                                     "--json").stdout)
-        assert result == {"plan": "retail-a", "deck": str(deck), "rows": 4,
+        rows = len(good.read_text().splitlines()) - 1
+        assert result == {"plan": "retail-a", "deck": str(deck), "rows": rows,
                           "reload": "reloaded"}
         assert deck.read_text() == good.read_text()
         assert [p.name for p in deck.parent.iterdir() if p.name.startswith(".")] == []
@@ -59,7 +61,7 @@ def test_rates_import(tmp_path: Path) -> None:
         cheaper = tmp_path / "cheaper.csv"
         cheaper.write_text(good.read_text() + f"1203,USA X,{SINCE},,0.0040,,60,60\n")
         out = env.ctl("rates", "import", str(cheaper), "--plan", "retail-a")
-        assert "5 rows" in out.stdout and "daemon not running" in out.stdout
+        assert f"{rows + 1} rows" in out.stdout and "daemon not running" in out.stdout
         assert deck.read_text() == cheaper.read_text()
         env.restart()
         assert env.ctl_json("status")["active_calls"] == 0

@@ -74,8 +74,9 @@ def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:
     env.send(call_at("before", 0))
     env.wait_calls(1)
     later = format_time(BASE + 100 * S)
-    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS,
-        f"1202,USA Washington DC (new),{later},,0.0110,,60,60"]))
+    deck = env.deck("retail-a.csv")  # every existing row kept: the plan has history
+    deck.write_text(deck.read_text()
+                    + f"1202,USA Washington DC (new),{later},,0.0110,,60,60\n")
     out = env.ctl("reload")
     assert out.stdout.strip() == "reloaded"
     env.send(call_at("after", 200), call_at("late-start-old-row", 50))
@@ -90,14 +91,18 @@ def test_reload_accepts_a_later_row_on_a_plan_with_history(env: Env) -> None:
 def test_plan_lock_refuses_editing_a_row_with_history(env: Env) -> None:
     env.send(call_at("history", 0))
     env.wait_calls(1)
-    env.deck("retail-a.csv").write_text(retail([*BASE_ROWS[:2],
-        f"1202,USA Washington DC,{SINCE},,0.0999,,60,60"]))
+    deck = env.deck("retail-a.csv")
+    lines = deck.read_text().splitlines(keepends=True)
+    (at,) = [i for i, text in enumerate(lines) if text.startswith("1202,")]
+    lines[at] = lines[at].replace(",0.0055,", ",0.0999,")
+    deck.write_text("".join(lines))
     out = env.ctl("reload", check=False)
     assert out.returncode == 1
     assert "plan lock" in out.stderr, out.stderr
-    located = "retail-a.csv:4: rate_per_min: plan 'retail-a': code '1202'"
+    located = f"retail-a.csv:{at + 1}: rate_per_min: plan 'retail-a': code '1202'"
     assert located in out.stderr, out.stderr
     assert "rate_per_min 0.0055 -> 0.0999" in out.stderr
+    assert out.stderr.count("plan 'retail-a'") == 1, out.stderr  # that row, nothing else
     assert located in env.daemon.logs()
     env.send(call_at("still-old", 100))
     env.wait_calls(2)

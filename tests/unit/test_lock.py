@@ -1,4 +1,4 @@
-"""SPEC §5 plan lock: rows with call history are fixed; plans with history stay."""
+"""SPEC §5 plan lock: the rows of a plan with call history are fixed; such plans stay."""
 
 from __future__ import annotations
 
@@ -56,15 +56,24 @@ def test_moving_a_used_row_in_the_file_is_not_a_change() -> None:
     assert check_plan_edit(plan(*ROWS), new, USED) == []
 
 
-def test_removing_a_used_row_is_refused_unused_rows_may_go() -> None:
+def test_removing_any_row_of_a_plan_with_history_is_refused() -> None:
     (violation,) = check_plan_edit(plan(*ROWS), plan(ROWS[0]), USED)
-    assert violation.code == "4420" and "removed" in violation.message
-    assert check_plan_edit(plan(*ROWS), plan(ROWS[1]), USED) == []
+    assert violation.code == "4420" and "removed but has priced calls" in violation.message
+    # 44 priced no call, but its plan has history (SPEC §5; found by an audit).
+    (violation,) = check_plan_edit(plan(*ROWS), plan(ROWS[1]), USED)
+    assert violation.code == "44" and "removed but its plan has call history" in violation.message
 
 
-def test_unused_rows_may_change() -> None:
+def test_rows_that_priced_no_call_are_fixed_too_once_the_plan_has_history() -> None:
     new = plan("44,UK,2026-01-01,,0.05,,1,1", ROWS[1])
-    assert check_plan_edit(plan(*ROWS), new, USED) == []
+    (violation,) = check_plan_edit(plan(*ROWS), new, USED)
+    assert violation.code == "44" and "rate_per_min 0.01 -> 0.05" in violation.message
+    assert "its plan has call history" in violation.message
+
+
+def test_a_plan_without_history_may_be_edited_freely() -> None:
+    new = plan("44,UK,2026-01-01,,0.05,,1,1")
+    assert check_plan_edit(plan(*ROWS), new, frozenset({("retail-b", "4420", JAN)})) == []
 
 
 def test_plan_with_history_cannot_be_deleted() -> None:
