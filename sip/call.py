@@ -26,7 +26,12 @@ class Disposition(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One captured copy of the initial INVITE: who sent it where, seen by which agent."""
+    """One captured copy of the initial INVITE: who sent it where, seen by which agent.
+
+    Also, after the INVITE copies, the hop a final reply to that INVITE implies when no copy
+    went that way (`src` the address the reply went to, `dst` the responder): SPEC §4's
+    "responder" rule for finding the VMGateClient.
+    """
 
     src: Addr
     dst: Addr

@@ -335,6 +335,7 @@ class Tracker:
             if not _add_hop(call, src, dst, capture_id):
                 self.stats.duplicates += 1
         elif effect == Effect.ANSWER:
+            _add_responder(call, src, dst, capture_id)
             if d.to_tag is None:
                 d.to_tag = msg.to_tag
             elif msg.to_tag != d.to_tag:
@@ -352,10 +353,12 @@ class Tracker:
             d.invite_cseq = msg.cseq_num
             _add_hop(call, src, dst, capture_id)
         elif effect == Effect.NOTE_REJECT:
+            _add_responder(call, src, dst, capture_id)
             if d.reject_code != msg.status or ts < d.reject_ts:
                 d.reject_code = msg.status
                 d.reject_ts = ts
         elif effect == Effect.REJECT:
+            _add_responder(call, src, dst, capture_id)
             if d is not call.legs[0]:
                 # A B2BUA's outgoing leg failed; it may try another route. The call fails only
                 # when its first leg is rejected.
@@ -714,6 +717,19 @@ def _add_hop(call: _Call, src: Addr, dst: Addr, capture_id: int | None) -> bool:
     hop = _shared(_HOPS, Hop(_shared(_ADDRS, src), _shared(_ADDRS, dst), capture_id))
     call.hops = _shared(_PATHS, (*hops, hop))
     return True
+
+
+def _add_responder(call: _Call, src: Addr, dst: Addr, capture_id: int | None) -> None:
+    """Record who answered or refused the initial INVITE, as the hop its reply implies.
+
+    SPEC §4 gives the client by "the hop whose destination (or the responder ...)" matches
+    it. A reply from R to P means P's INVITE reached R, so the reply is kept as the hop
+    P → R: behind a load balancer or NAT, or when a gateway replies from another port, R is
+    the gateway even though no captured INVITE was addressed to it. In the usual case the
+    reply comes back along a captured INVITE hop, which is already known: nothing is added
+    (no memory per call), and INVITE hops stay first, so they decide before responders.
+    """
+    _add_hop(call, dst, src, capture_id)
 
 
 def _add_capture_id(call: _Call, capture_id: int) -> None:

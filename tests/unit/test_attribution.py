@@ -96,6 +96,31 @@ def test_destination_address_beats_capture_id(attributor: Attributor) -> None:
     assert who.client == "gw-02"
 
 
+def test_client_by_responder_when_no_invite_was_addressed_to_it(attributor: Attributor) -> None:
+    # SPEC §4 "(or the responder ...)": the tracker keeps the hop a reply implies (see
+    # test_dialog); the proxy's INVITE went to a balancer at 192.0.2.99, gw-01 answered.
+    from sip.dialog import Tracker
+    from sip.message import parse
+
+    def msg(start: str, cseq: str, to_tag: str = "") -> bytes:
+        to = "To: <sip:442071234567@x>" + (f";tag={to_tag}" if to_tag else "")
+        return (f"{start}\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\n"
+                f"From: <sip:alice@x>;tag=a\r\n{to}\r\nCall-ID: resp-1\r\n"
+                f"CSeq: {cseq}\r\nContent-Length: 0\r\n\r\n").encode()
+
+    trunk, lb, gw = ("127.0.0.1", 5070), ("192.0.2.99", 5060), ("127.0.0.1", 5080)
+    t, s = 1_795_000_000_000_000, 1_000_000
+    tracker = Tracker()
+    invite = parse(msg("INVITE sip:442071234567@x SIP/2.0", "1 INVITE"))
+    tracker.feed(invite, t, trunk, PROXY)
+    tracker.feed(invite, t + 1, PROXY, lb)
+    tracker.feed(parse(msg("SIP/2.0 200 OK", "1 INVITE", "b")), t + s, gw, PROXY)
+    (call,) = tracker.feed(parse(msg("BYE sip:x SIP/2.0", "2 BYE", "b")), t + 9 * s, trunk,
+                           PROXY)
+    who = attributor.attribute(call)
+    assert (who.trunk, who.client, who.reseller) == ("acme-1", "gw-01", "r-one")
+
+
 def test_unknown_parties(attributor: Attributor) -> None:
     who = attributor.attribute(record(Hop(("192.0.2.7", 5060), ("192.0.2.8", 5060), 9)))
     assert who == Attribution(None, None, None, None, DIRECT)

@@ -360,6 +360,28 @@ def test_same_call_id_other_from_tag_is_not_joined_by_correlation() -> None:
     assert len(t) == 2
 
 
+def test_a_reply_from_where_no_invite_went_adds_the_responder_hop() -> None:
+    # SPEC §4: the responder identifies the client too. The proxy's INVITE went to a load
+    # balancer (LB); the 200 comes back from the gateway itself (GW).
+    lb, gw = ("10.99.0.1", 5060), ("10.20.0.12", 5060)
+    w = Wire()
+    w.one(request("INVITE", 1), T0, UAC, PROXY)
+    w.one(request("INVITE", 1), T0 + RELAY, PROXY, lb)
+    w.one(response(200, 1, phrase="OK"), T0 + S, gw, PROXY)
+    w.one(response(200, 1, phrase="OK"), T0 + S + RELAY, PROXY, UAC)
+    w.one(request("BYE", 2, to_tag="callee-tag"), T0 + 5 * S, UAC, PROXY)
+    r = only(w.records)
+    assert r.hops == (Hop(UAC, PROXY, 2001), Hop(PROXY, lb, 2001), Hop(PROXY, gw, 2001))
+
+
+def test_replies_along_the_invite_path_add_no_hop() -> None:
+    w = Wire()
+    w.answered_call()
+    w.down(request("INVITE", 1, call_id="busy-1"), T0)
+    w.up(response(486, 1, phrase="Busy Here", call_id="busy-1"), T0 + S)
+    assert [len(r.hops) for r in w.records] == [2, 2]
+
+
 def test_hops_are_distinct_invite_copies_in_capture_order_with_capture_ids() -> None:
     t = Tracker()
     inv = parse(request("INVITE", 1))
