@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from ledger.model import CallEntry, Transaction
 from ledger.transactions import call_tx
-from rating.model import Leg, RatedCall
+from rating.model import Leg, Party, RatedCall
 from rating.rater import Rater
 from sip import hep, message
 from sip.call import Addr, CallRecord
@@ -224,9 +224,21 @@ class Pipeline:
         )
 
     def rerate_entry(self, old: CallEntry) -> CallEntry:
-        """Rate a call from history again with the running plans, same attribution."""
-        rated = self.runtime.rater.rate(old.callee, old.trunk, old.client, old.start, old.billsec,
-                                        old.answer is not None)
+        """Rate a call from history again with the running plans, same attribution.
+
+        Only its unrated legs are priced anew: a leg that was rated keeps the row and the
+        amount it was billed with (SPEC §5: "history keeps the rate that was applied"), even
+        if a row added since would price it otherwise.
+        """
+        fresh = self.runtime.rater.rate(old.callee, old.trunk, old.client, old.start,
+                                        old.billsec, old.answer is not None)
+        kept = {leg.party: leg for leg in old.legs if leg.rated}
+        customer = kept.get(Party.CUSTOMER, fresh.customer)
+        vmgateclient = kept.get(Party.VMGATECLIENT, fresh.vmgateclient)
+        reseller = kept.get(Party.RESELLER, fresh.reseller)
+        margin = customer.amount - vmgateclient.amount - (reseller.amount if reseller else 0)
+        rated = RatedCall(fresh.number, fresh.start, fresh.billsec, customer, vmgateclient,
+                          reseller, margin)
         legs, flags = rating_fields(rated, old.flags)
         return replace(old, number=rated.number, legs=legs, margin=rated.margin, flags=flags)
 
