@@ -6,8 +6,9 @@ Rules (SPEC §4, RFC 3261, RFC 4028):
   To-tag. Two dialogs sharing a HEP correlation id (different Call-IDs) are one call: the legs
   of a B2BUA.
 - start = earliest captured copy of the initial INVITE; answer = first 2xx whose CSeq is the
-  initial INVITE's (after a 401/407 the retry with a higher CSeq is the same call); end = first
-  BYE of the confirmed dialog, either direction.
+  initial INVITE's (after a 401/407 the retry with a higher CSeq is the same call), on the
+  call's first leg when it is a B2BUA's (another leg's 2xx stands in until that one is seen);
+  end = first BYE of the confirmed dialog, either direction.
 - A tracing proxy captures every message twice (in and out) and retransmissions come again:
   copies only add hops, never a second record. After its record is out, a dialog lingers for
   `linger_us` to absorb late copies, then is dropped: memory stays bounded.
@@ -336,6 +337,12 @@ class Tracker:
                 self.stats.duplicates += 1
         elif effect == Effect.ANSWER:
             _add_responder(call, src, dst, capture_id)
+            first_leg = call.legs[0]
+            # SPEC §4: answered at the first 2xx to the call's first INVITE. On a B2BUA the
+            # callee's 2xx on the outgoing leg comes a few ms before the B2BUA's own 2xx to
+            # the caller: it stands in only until the first leg's is seen (or for good, when
+            # that one is never captured).
+            takes_over = d is first_leg and d.to_tag is None
             if d.to_tag is None:
                 d.to_tag = msg.to_tag
             elif msg.to_tag != d.to_tag:
@@ -343,7 +350,9 @@ class Tracker:
                 return []
             else:
                 self.stats.duplicates += 1
-            if call.answer is None or ts < call.answer:
+            if takes_over or call.answer is None or (
+                ts < call.answer and (d is first_leg or first_leg.to_tag is None)
+            ):
                 call.answer = ts
                 call.refresh_ts = ts
             if msg.session_expires is not None:

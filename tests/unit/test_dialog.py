@@ -331,7 +331,9 @@ def test_b2bua_legs_with_one_correlation_id_are_one_call() -> None:
     w.one(request("BYE", 2, to_tag="callee-tag", **a), T0 + 12 * S, UAC, PROXY, "corr-1")
     r = only(w.records)
     assert r.call_id == "leg-a" and r.correlation_id == "corr-1"
-    assert (r.start, r.answer, r.billsec) == (T0, T0 + 2 * S, 10)
+    # Answered when the caller's leg got its 2xx (SPEC §4: the 2xx to the first INVITE), not
+    # at the callee's 2xx on leg-c 500 µs before it.
+    assert (r.start, r.answer, r.billsec) == (T0, T0 + 2 * S + 500, 10)
     assert len(r.hops) == 3
     # The other legs' late BYE/200 are absorbed, not a second call.
     w.one(request("BYE", 2, to_tag="callee-tag", call_id="leg-c", from_tag="b2b-2"),
@@ -349,8 +351,29 @@ def test_b_leg_correlated_to_the_a_leg_call_id_is_joined() -> None:
     assert len(t) == 1 and t.stats.b2bua_legs == 1
     (r,) = t.feed(parse(callee_request("BYE", 5, call_id="B", caller_tag="b")), T0 + 5 * S,
                   UAS, PROXY, None, "A")  # fmt: skip
-    assert (r.call_id, r.answer, r.end, len(r.hops)) == ("A", T0 + S, T0 + 5 * S, 2)
+    assert (r.call_id, r.answer, r.end, len(r.hops)) == ("A", T0 + S + 10, T0 + 5 * S, 2)
     assert not t._by_corr
+
+
+def test_a_b_leg_answer_stands_in_when_the_first_legs_2xx_is_never_captured() -> None:
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1, call_id="A")), T0, UAC, PROXY, None, "c")
+    t.feed(parse(request("INVITE", 1, call_id="B", from_tag="b")), T0 + 10, PROXY, UAS, None, "c")
+    t.feed(parse(response(200, 1, call_id="B", from_tag="b")), T0 + S, UAS, PROXY, None, "c")
+    (r,) = t.feed(parse(request("BYE", 2, call_id="B", from_tag="b", to_tag="callee-tag")),
+                  T0 + 5 * S, PROXY, UAS, None, "c")
+    assert (r.answer, r.billsec) == (T0 + S, 4)
+
+
+def test_the_first_legs_2xx_decides_even_when_captured_before_the_b_legs() -> None:
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1, call_id="A")), T0, UAC, PROXY, None, "c")
+    t.feed(parse(request("INVITE", 1, call_id="B", from_tag="b")), T0 + 10, PROXY, UAS, None, "c")
+    t.feed(parse(response(200, 1, call_id="A")), T0 + S, PROXY, UAC, None, "c")
+    t.feed(parse(response(200, 1, call_id="B", from_tag="b")), T0 + S - 5, UAS, PROXY, None, "c")
+    (r,) = t.feed(parse(request("BYE", 2, call_id="A", to_tag="callee-tag")), T0 + 5 * S, UAC,
+                  PROXY, None, "c")
+    assert r.answer == T0 + S  # the B-leg's earlier 2xx, delivered later, does not move it
 
 
 def test_same_call_id_other_from_tag_is_not_joined_by_correlation() -> None:
