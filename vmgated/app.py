@@ -456,6 +456,17 @@ class App:
         finally:
             systemd.ready()
 
+    async def plan_lock_problems(self, new: Config) -> list[str]:
+        """What the plan lock (SPEC §5) refuses when the running plans become `new`'s.
+
+        For a reload, and for `vmgatectl check` asking before one (the running plans and the
+        ledger's history are only here, not in the files an offline check can read).
+        """
+        used = await self.ledger.used_rate_rows()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._paced, lock_problems, self.config.plans, new.plans, used, plan_files(new)
+        )
+
     async def _swap_config(self) -> list[object]:
         """Load, check and build the new config, swap it in; return the old one to release.
 
@@ -470,10 +481,7 @@ class App:
             msg = f"reload refused, keeping the running config:\n{exc}"
             log.error("%s", msg)
             raise RuntimeError(msg) from exc
-        used = await self.ledger.used_rate_rows()
-        problems = await loop.run_in_executor(
-            None, self._paced, lock_problems, self.config.plans, new.plans, used, plan_files(new)
-        )
+        problems = await self.plan_lock_problems(new)
         if problems:
             msg = "reload refused (plan lock), keeping the running config:\n" + "\n".join(
                 problems

@@ -12,11 +12,13 @@ dialogs and the result equals the live run's.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ledger import transactions
@@ -24,6 +26,7 @@ from ledger.errors import KeyConflict
 from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
+from vmgated.config import ConfigError, load_config
 from vmgated.control import ControlError, ControlServer, Rows
 from vmgated.pipeline import Billable, Pipeline
 
@@ -88,6 +91,7 @@ class Commands:
             "replay_begin": self.replay_begin,
             "replay_chunk": self.replay_chunk,
             "replay_end": self.replay_end,
+            "check_lock": self.check_lock,
         }
 
     # -- state ---------------------------------------------------------------------------
@@ -158,6 +162,25 @@ class Commands:
                 }
 
         return Rows(rows())
+
+    async def check_lock(
+        self, args: dict[str, Any], progress: Callable[[int, int], None]
+    ) -> object:
+        """Whether a reload of the daemon's config file, as it is now, passes the plan lock.
+
+        `config`: the file `vmgatectl check` read; checked only if it is the one this daemon
+        runs (another file's plans are not what the running ones would become).
+        """
+        app = self.app
+        path = _opt_text(args, "config")
+        if path is None or Path(path).resolve() != Path(app.config_path).resolve():
+            return {"checked": False, "why": f"the daemon runs {app.config_path}"}
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, app._paced, load_config, app.config_path)
+        except ConfigError as exc:
+            return {"checked": False, "why": f"the daemon could not load it: {exc}"}
+        return {"checked": True, "problems": await app.plan_lock_problems(new)}
 
     async def balances(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
         """The live projection (same numbers /metrics exports)."""

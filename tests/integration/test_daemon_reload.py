@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 from collections.abc import Iterator
@@ -104,6 +105,28 @@ def test_plan_lock_refuses_editing_a_row_with_history(env: Env) -> None:
     assert "rate_per_min 0.0055 -> 0.0999" in out.stderr
     assert out.stderr.count("plan 'retail-a'") == 1, out.stderr  # that row, nothing else
     assert located in env.daemon.logs()
+    env.send(call_at("still-old", 100))
+    env.wait_calls(2)
+    assert customer_leg(env, "still-old")["amount"] == "0.005500"
+
+
+def test_check_asks_the_running_daemon_about_the_plan_lock(env: Env) -> None:
+    out = env.ctl("check")
+    assert "plan lock: OK (asked the running daemon" in out.stdout, out.stdout
+    env.send(call_at("history", 0))
+    env.wait_calls(1)
+    deck = env.deck("retail-a.csv")
+    deck.write_text(deck.read_text().replace(",0.0055,", ",0.0999,"))
+    # The file alone is a valid config; only the daemon knows the plan has history.
+    out = env.ctl("check", check=False)
+    assert out.returncode == 1, out.stdout
+    assert "rate_per_min 0.0055 -> 0.0999" in out.stdout
+    assert "plan lock: a reload would be refused (1 problem)" in out.stdout
+    js = env.ctl("--json", "check", check=False)
+    data = json.loads(js.stdout)
+    assert js.returncode == 1 and data["ok"] is False and data["plan_lock"]["checked"] is True
+    assert len(data["plan_lock"]["problems"]) == 1
+    # check changed nothing: the running plan still prices at the old rate.
     env.send(call_at("still-old", 100))
     env.wait_calls(2)
     assert customer_leg(env, "still-old")["amount"] == "0.005500"

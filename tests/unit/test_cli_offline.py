@@ -31,6 +31,7 @@ def test_check_good_config_prints_ok_and_a_summary(capsys: pytest.CaptureFixture
     assert out == (
         f"OK {SMALL}: Test Telecom (USD); 1 customer, 2 trunks, 3/12 VMGateClients, "
         "1/2 networks, 1 reseller, 2 join codes, 3 rate plans (8 destinations from 4 files)\n"
+        "plan lock: not checked (vmgated is not running; a reload checks it)\n"
     )
 
 
@@ -67,6 +68,7 @@ def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "check", "--json", "--config", SMALL)
     data = json.loads(out)
     assert code == 0 and data["ok"] is True and data["summary"]["vmgateclient_limit"] == 12
+    assert data["plan_lock"] == {"checked": False, "why": "vmgated is not running"}
 
 
 def test_config_from_environment(

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from rating.model import Destination, Leg, RatedCall
@@ -118,9 +119,12 @@ def run_check(args: argparse.Namespace) -> int:
         return 1
     summary = summarise(config)
     warnings = [str(w) for w in config.warnings]
+    lock = daemon_lock_check(config, args.config)
+    ok = not lock.get("problems")
     if args.json:
-        print_json({"ok": True, "config": args.config, "summary": summary, "warnings": warnings})
-        return 0
+        print_json({"ok": ok, "config": args.config, "summary": summary, "warnings": warnings,
+                    "plan_lock": lock})
+        return 0 if ok else 1
     sub = config.subscription
     print(
         f"OK {args.config}: {config.tenant.name} ({config.tenant.currency}); "
@@ -133,7 +137,33 @@ def run_check(args: argparse.Namespace) -> int:
     )
     for warning in warnings:
         print(f"warning: {warning}")
-    return 0
+    if not lock["checked"]:
+        print(f"plan lock: not checked ({lock['why']}; a reload checks it)")
+    elif ok:
+        print("plan lock: OK (asked the running daemon: no row of a plan with history changes)")
+    else:
+        for problem in lock["problems"]:
+            print(problem)
+        print(f"plan lock: a reload would be refused ({_n(len(lock['problems']), 'problem')})")
+    return 0 if ok else 1
+
+
+def daemon_lock_check(config: Config, path: str | Path) -> dict[str, Any]:
+    """Ask the running daemon whether a reload of `path` passes the plan lock (SPEC §5).
+
+    The lock compares the running plans with the file's and needs the ledger's history, both
+    of which live in the daemon; without one answering, the check says it was not made.
+    """
+    from vmgated.control import ControlError, DaemonNotRunning, call
+
+    try:
+        answer = call(config.listen.control, "check_lock",
+                      {"config": str(Path(path).resolve())}, timeout=120)
+    except DaemonNotRunning:
+        return {"checked": False, "why": "vmgated is not running"}
+    except (ControlError, TimeoutError, OSError) as exc:
+        return {"checked": False, "why": f"the daemon did not answer: {exc}"}
+    return dict(answer)
 
 
 def summarise(config: Config) -> dict[str, Any]:
