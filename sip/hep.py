@@ -365,6 +365,23 @@ def _decode_v12(data: bytes) -> HepPacket:
     )
 
 
+def stamp_v1(data: bytes, ts_us: int) -> bytes:
+    """A HEPv1 datagram as HEPv2 carrying `ts_us` as its capture time; anything else as is.
+
+    HEPv1 (Kamailio's `hep_version 1`, siptrace's default) has no time header, and every call
+    time must be a capture time (SPEC §3.1), so the receiver stamps one on arrival, before the
+    datagram is journalled: a restart's replay then bills it exactly like the live run did.
+    A datagram that only looks like v1 is returned unchanged for `decode` to refuse.
+    """
+    if data[:1] != b"\x01" or not is_hep(data):
+        return data
+    hlen = data[1]
+    if len(data) <= hlen:
+        return data
+    sec, usec = divmod(ts_us, 1_000_000)
+    return b"\x02" + data[1:hlen] + _v2_time.pack(sec, usec, 0) + data[hlen:]
+
+
 def _addr_bytes(ip: str) -> tuple[int, bytes]:
     a = ipaddress.ip_address(ip)
     return (_AF_INET if a.version == 4 else _AF_INET6), a.packed

@@ -28,6 +28,7 @@ from rating.deck import paused_gc
 from rating.pace import pacing
 from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
+from sip.hep import stamp_v1
 from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, load_config
 from vmgated.control import ControlError
@@ -303,6 +304,9 @@ class App:
 
     # -- input ---------------------------------------------------------------------------
     def _on_hep(self, batch: list[tuple[bytes, Addr]]) -> None:
+        for i, (data, sender) in enumerate(batch):
+            if data[:1] == b"\x01":  # HEPv1: no capture time of its own (sip.hep.stamp_v1)
+                batch[i] = (stamp_v1(data, now_us()), sender)
         self.journal.append(HEP, batch)
         self.pipeline.feed_hep(batch)
 

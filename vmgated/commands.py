@@ -26,6 +26,7 @@ from ledger.errors import KeyConflict
 from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
+from sip.hep import stamp_v1
 from vmgated.config import ConfigError, load_config
 from vmgated.control import ControlError, ControlServer, Rows
 from vmgated.pipeline import Billable, Pipeline
@@ -386,6 +387,9 @@ class Commands:
         for item in args.get("items", []):
             payload = base64.b64decode(item["data"])
             if item.get("hep"):
+                if payload[:1] == b"\x01" and item.get("ts"):
+                    # HEPv1 has no time of its own: the capture file's record time stands in.
+                    payload = stamp_v1(payload, int(item["ts"]))
                 session.pipeline.feed_hep([(payload, ("0.0.0.0", 0))])
             else:
                 src, dst, ts = tuple(item["src"]), tuple(item["dst"]), int(item["ts"])

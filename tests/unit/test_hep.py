@@ -253,3 +253,21 @@ def test_fast_path_and_chunk_walk_agree_on_mutations(flips: list[tuple[int, int]
     if data[:4] != b"HEP3":
         return
     assert _outcome(decode, data) == _outcome(lambda d: hep._decode_v3(d, True), data)
+
+
+@pytest.mark.parametrize(
+    "addrs", [(("10.0.0.1", 5060), ("10.0.0.2", 5080)), (("2001:db8::1", 5060), ("::1", 5080))]
+)
+def test_stamp_v1_gives_a_v1_datagram_the_receive_time_as_v2(
+    addrs: tuple[tuple[str, int], tuple[str, int]],
+) -> None:
+    from sip.hep import stamp_v1
+
+    src, dst = addrs
+    v1 = encode(SIP, src, dst, TS, version=1)
+    p = decode(stamp_v1(v1, TS + 123))
+    assert (p.version, p.src, p.dst, p.ts_us, p.payload) == (2, src, dst, TS + 123, SIP)
+    # Anything that is not a well-formed v1 header passes through for decode to judge.
+    v3 = encode(SIP, src, dst, TS)
+    for other in (v3, encode(SIP, src, dst, TS, version=2), b"\x01\x10", b"", b"\x01" * 15):
+        assert stamp_v1(other, TS) == other
