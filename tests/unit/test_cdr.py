@@ -6,11 +6,14 @@ import contextlib
 import json
 
 import pytest
+from example_tenant import DEMO_CDRS, example_pipeline
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip.call import Disposition
 from vmgated.cdr import CdrError, parse_line
+from vmgated.metrics import Counters
+from vmgated.pipeline import INTERNAL_ERROR, Billable
 
 BASE = {
     "call_id": "abc@gw",
@@ -107,17 +110,8 @@ def test_random_bytes_raise_only_cdr_error(data: bytes) -> None:
 def test_the_readme_demo_lines_bill_on_the_example_tenant() -> None:
     # README "Try it by hand": conf/demo-cdrs.jsonl on conf/vmgated.yaml gives two answered
     # calls priced on all three legs and one busy call at 0.
-    from pathlib import Path
-
-    from sip.dialog import Tracker
-    from vmgated.config import load_config
-    from vmgated.metrics import Counters
-    from vmgated.pipeline import Billable, Pipeline, Runtime
-
-    root = Path(__file__).resolve().parents[2]
-    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
-    pipeline = Pipeline(runtime, Tracker(), Counters(), lambda item, tx: None, lambda: 0)
-    lines = (root / "conf" / "demo-cdrs.jsonl").read_bytes().splitlines()
+    pipeline = example_pipeline()
+    lines = DEMO_CDRS.read_bytes().splitlines()
     entries = [pipeline.entry(Billable(c.uid, c.record, c.trunk, c.client))
                for c in map(parse_line, lines)]
     assert [(e.disposition, e.billsec) for e in entries] == [
@@ -135,15 +129,6 @@ def test_the_readme_demo_lines_bill_on_the_example_tenant() -> None:
 def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
     # SPEC §3.3: never loses another call. An exception the parsers do not know (here the
     # sink, standing for the ledger side) used to escape feed_cdr and drop the whole batch.
-    from pathlib import Path
-
-    from sip.dialog import Tracker
-    from vmgated.config import load_config
-    from vmgated.metrics import Counters
-    from vmgated.pipeline import INTERNAL_ERROR, Pipeline, Runtime
-
-    root = Path(__file__).resolve().parents[2]
-    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
     billed: list[str] = []
 
     def sink(item: object, tx: object) -> None:
@@ -153,8 +138,8 @@ def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
         billed.append(call_id)
 
     counters = Counters()
-    pipeline = Pipeline(runtime, Tracker(), counters, sink, lambda: 0)
-    lines = (root / "conf" / "demo-cdrs.jsonl").read_bytes().splitlines()
+    pipeline = example_pipeline(sink, counters)
+    lines = DEMO_CDRS.read_bytes().splitlines()
     sender = ("127.0.0.1", 5060)
     pipeline.feed_cdr([(lines[0], sender), (lines[1], sender), (lines[2], sender)])
     assert billed == ["demo-0001@acme", "demo-0003@acme"]
@@ -164,16 +149,7 @@ def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
 
 def test_an_answered_cdr_with_no_billable_second_pays_the_connection_fee() -> None:
     # answer == end: billsec 0, answered; retail-a's 535 row has a 0.0100 connection fee.
-    from pathlib import Path
-
-    from sip.dialog import Tracker
-    from vmgated.config import load_config
-    from vmgated.metrics import Counters
-    from vmgated.pipeline import Billable, Pipeline, Runtime
-
-    root = Path(__file__).resolve().parents[2]
-    runtime = Runtime.build(load_config(root / "conf" / "vmgated.yaml", env={}))
-    pipeline = Pipeline(runtime, Tracker(), Counters(), lambda item, tx: None, lambda: 0)
+    pipeline = example_pipeline()
     cdr = parse_line(line(callee="5351234567", answer="2026-11-22T10:00:05Z",
                           end="2026-11-22T10:00:05Z"))
     entry = pipeline.entry(Billable(cdr.uid, cdr.record, cdr.trunk, cdr.client))

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+
+from example_tenant import example_pipeline as pipeline
 
 from rating.model import Leg, Party
-from sip.dialog import Tracker
 from vmgated.cdr import parse_line
-from vmgated.config import load_config
-from vmgated.metrics import Counters
-from vmgated.pipeline import Billable, Pipeline, Runtime
+from vmgated.pipeline import Billable
 
-ROOT = Path(__file__).resolve().parents[2]
 LINE = (b'{"call_id": "rr-1", "trunk": "acme-1", "client": "gw-01", "callee": "442071234567",'
         b' "start": "2026-11-22T10:00:00Z", "answer": "2026-11-22T10:00:05Z",'
         b' "end": "2026-11-22T10:01:06Z"}')
-
-
-def pipeline() -> Pipeline:
-    runtime = Runtime.build(load_config(ROOT / "conf" / "vmgated.yaml", env={}))
-    return Pipeline(runtime, Tracker(), Counters(), lambda item, tx: None, lambda: 0)
 
 
 def test_rerate_prices_the_unrated_leg_and_keeps_the_rated_ones_as_billed() -> None:
