@@ -460,6 +460,13 @@ class App:
         finally:
             systemd.ready()
 
+    async def read_config(self) -> Config:
+        """The config file and its decks as they are now, parsed in a worker that gives way
+        to traffic (`rating.pace`); raises ConfigError. The running config is untouched."""
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._paced, load_config, self.config_path
+        )
+
     async def plan_lock_problems(self, new: Config) -> list[str]:
         """What the plan lock (SPEC §5) refuses when the running plans become `new`'s.
 
@@ -480,7 +487,7 @@ class App:
         """
         loop = asyncio.get_running_loop()
         try:
-            new = await loop.run_in_executor(None, self._paced, load_config, self.config_path)
+            new = await self.read_config()
         except ConfigError as exc:
             msg = f"reload refused, keeping the running config:\n{exc}"
             log.error("%s", msg)

@@ -12,7 +12,6 @@ dialogs and the result equals the live run's.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import time
@@ -27,7 +26,7 @@ from ledger.model import AccountKind, Transaction, account
 from rating.units import UnitError, format_micros, format_time, parse_amount
 from sip.dialog import Tracker
 from sip.hep import stamp_v1
-from vmgated.config import ConfigError, load_config
+from vmgated.config import ConfigError
 from vmgated.control import ControlError, ControlServer, Rows
 from vmgated.pipeline import Billable, Pipeline
 
@@ -176,9 +175,8 @@ class Commands:
         path = _opt_text(args, "config")
         if path is None or Path(path).resolve() != Path(app.config_path).resolve():
             return {"checked": False, "why": f"the daemon runs {app.config_path}"}
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.run_in_executor(None, app._paced, load_config, app.config_path)
+            new = await app.read_config()
         except ConfigError as exc:
             return {"checked": False, "why": f"the daemon could not load it: {exc}"}
         return {"checked": True, "problems": await app.plan_lock_problems(new)}
