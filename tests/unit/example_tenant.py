@@ -1,0 +1,23 @@
+"""The README's example tenant (`conf/vmgated.yaml`) as a socket-free pipeline, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from sip.dialog import Tracker
+from vmgated.config import load_config
+from vmgated.metrics import Counters
+from vmgated.pipeline import Billable, Pipeline, Runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CDRS = ROOT / "conf" / "demo-cdrs.jsonl"
+
+
+def example_pipeline(
+    sink: Callable[[Billable, object], None] | None = None, counters: Counters | None = None
+) -> Pipeline:
+    """A pipeline on the example config whose finished calls go to `sink` (dropped if None)."""
+    runtime = Runtime.build(load_config(ROOT / "conf" / "vmgated.yaml", env={}))
+    return Pipeline(runtime, Tracker(), counters or Counters(),
+                    sink or (lambda item, tx: None), lambda: 0)
