@@ -299,3 +299,27 @@ def test_each_leg_equals_the_reference_formula(
         assert leg.amount == amount_micros(
             leg.rate_per_min, leg.connection_fee, charged, answered
         )
+
+
+def test_a_full_memo_is_held_then_refilled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full: no insertions for _HOLD × limit misses (numbers that never repeat cannot thrash
+    it), then a fresh start; every answer is the same as without a memo."""
+    monkeypatch.setattr("rating.rater._CODES_LIMIT", 4)
+    monkeypatch.setattr("rating.rater._MEMO_LIMIT", 4)
+    rater = Rater(PLANS, TRUNKS, CLIENTS)
+    fresh = Rater(PLANS, TRUNKS, CLIENTS)
+    retail = rater._plans["retail"]
+    numbers = [f"4420{n:08d}" for n in range(4)]
+    for number in numbers:
+        rater.rate(number, "acme-1", "gw-01", NOV, 61)
+    assert set(retail.codes) == set(numbers)
+    for n in range(4 * 4 - 1):  # misses while full: refused, the first four stay
+        call = rater.rate(f"4421{n:08d}", "acme-1", "gw-01", NOV, 61 + n)
+        assert call == fresh.rate(f"4421{n:08d}", "acme-1", "gw-01", NOV, 61 + n)
+        assert set(retail.codes) == set(numbers)
+    assert len(retail.memo) <= 4
+    rater.rate("442299999999", "acme-1", "gw-01", NOV, 61)  # the 16th miss: a fresh start
+    assert list(retail.codes) == ["442299999999"]
+    assert rater.rate(numbers[0], "acme-1", "gw-01", NOV, 61) == fresh.rate(
+        numbers[0], "acme-1", "gw-01", NOV, 61
+    )
