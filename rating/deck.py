@@ -16,6 +16,12 @@ Cells, and what an empty cell means:
 * `connection_sec`: whole seconds >= 0; empty = 0 (no minimum period).
 * `billing_block_sec`: whole seconds >= 0; empty = 1 (per-second billing; 0 means the same).
 
+Upper bounds, so that no leg of any call can overflow the ledger's 64-bit micro-units (a
+typo such as `1e30` must be a deck error, not a call that cannot be written): prices at most
+`MONEY_MAX` (10,000,000 currency units — a premium-rate minute in the weakest currency is far
+below it), `connection_sec` and `billing_block_sec` at most `SECONDS_MAX` (one day). With
+`calls.max_duration` at most 7 days, a leg is then below 1.2 × 10¹⁸ micro-units.
+
 Money is read with `Decimal`, never float. Errors are collected, not stopped at: the operator
 running `vmgatectl check` sees every bad cell in one go. What is raised is a `DeckError`; when
 there is more than one problem it is a `DeckErrors` (a `DeckError` subclass, first problem in
@@ -48,6 +54,8 @@ COLUMNS: tuple[str, ...] = (
 )
 HEADER = ",".join(COLUMNS)
 DEFAULT_CONNECTION_FEE = Decimal(0)
+MONEY_MAX = Decimal(10_000_000)  # largest rate_per_min / connection_fee (see module doc)
+SECONDS_MAX = 86_400  # largest connection_sec / billing_block_sec
 DEFAULT_CONNECTION_SEC = 0
 DEFAULT_BILLING_BLOCK_SEC = 1
 _MAX_SHOWN = 25  # errors printed by str(DeckErrors); all of them stay in .errors
@@ -136,6 +144,10 @@ class _RowReader:
         if value < 0:
             what = "rates" if field == "rate_per_min" else "fees"
             self.fail(line, field, f"{text!r} is negative; {what} must be >= 0")
+        elif value > MONEY_MAX:
+            shown = text[:40]
+            why = f"{shown!r} is above {MONEY_MAX}, the largest price a deck takes"
+            self.fail(line, field, why)
         return value
 
     def seconds(self, line: int, field: str, text: str, default: int) -> int:
@@ -147,6 +159,10 @@ class _RowReader:
                 self.fail(line, field, f"{text!r} is negative; seconds must be >= 0")
             else:
                 self.fail(line, field, f"{text!r} is not a whole number of seconds")
+            return default
+        digits = text.lstrip("0")  # int() of thousands of digits would raise, not refuse
+        if len(digits) > 6 or int(digits or "0") > SECONDS_MAX:
+            self.fail(line, field, f"{text[:40]!r} is longer than {SECONDS_MAX} s (a day)")
             return default
         return int(text)
 

@@ -38,9 +38,19 @@ def to_micros(value: Decimal) -> int:
     return int((value * MICROS).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+AMOUNT_LIMIT = 10**12
+"""Amounts typed by a person are below this many currency units in size (10¹⁸ micro-units,
+inside the ledger's signed 64-bit integers with room for sums): a larger one is a typo."""
+
+
 def parse_amount(text: str) -> int:
-    """Read an amount typed by a person ('12.5', '-3') into micro-units, refusing >6 decimals."""
+    """Read an amount typed by a person ('12.5', '-3') into micro-units.
+
+    Refuses more than 6 decimals and a size of `AMOUNT_LIMIT` or more (UnitError, naming both).
+    """
     value = parse_decimal(text)
+    if value and value.adjusted() >= 12:  # checked first: quantize would overflow the context
+        raise UnitError(f"{text!r} is too large; an amount is below 1000000000000 in size")
     if value != value.quantize(_Q6, rounding=ROUND_HALF_UP):
         raise UnitError(f"{text!r} has more than 6 decimals")
     return to_micros(value)

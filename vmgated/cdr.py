@@ -8,6 +8,12 @@ conflict the ledger refuses and counts, never a second charge.
 
 An unanswered CDR without `sip_code` is recorded with code 0 ("not reported") and disposition
 `no_answer`, since a gateway that omits the code most often means the call rang out.
+
+An answered CDR longer than `calls.max_duration` is billed as the HEP path bills a call whose
+BYE never came: ended at answer + max_duration and flagged `max_duration`. The line is kept
+(nothing is lost, history shows the flag); what it claims beyond the cap is not billed — a
+gateway clock or a typo can otherwise claim centuries (`"end": "9999-01-01"` billed 27 million
+USD before this rule).
 """
 
 from __future__ import annotations
@@ -106,8 +112,14 @@ def _disposition(answered: bool, code: int) -> Disposition:
     return Disposition.FAILED
 
 
-def parse_line(data: bytes | str, sender: Addr | None = None) -> CdrCall:
-    """Parse one CDR JSON object; `sender` is the datagram source (used when `src` is absent)."""
+def parse_line(
+    data: bytes | str, sender: Addr | None = None, max_duration_us: int | None = None
+) -> CdrCall:
+    """Parse one CDR JSON object; `sender` is the datagram source (used when `src` is absent).
+
+    `max_duration_us`: the daemon's `calls.max_duration`; an answered call longer than that is
+    cut to it and flagged (module doc). None: no cap (tests of the parser alone).
+    """
     if len(data) > MAX_LINE:
         raise CdrError("oversized", f"CDR line of {len(data)} bytes exceeds {MAX_LINE}")
     try:
@@ -147,6 +159,10 @@ def parse_line(data: bytes | str, sender: Addr | None = None) -> CdrCall:
         code = code_value
     else:
         raise CdrError("bad_field", f"sip_code: {code_value!r} is not a SIP status code")
+    flags: tuple[str, ...] = ()
+    if answer is not None and max_duration_us is not None and end - answer > max_duration_us:
+        end = answer + max_duration_us
+        flags = ("max_duration",)
     origin = trunk if trunk is not None else f"{src[0]}:{src[1]}"
     uid = blake2b(f"cdr\x00{call_id}\x00{origin}".encode(), digest_size=12).hexdigest()
     record = CallRecord(
@@ -160,5 +176,6 @@ def parse_line(data: bytes | str, sender: Addr | None = None) -> CdrCall:
         sip_code=code,
         disposition=_disposition(answer is not None, code),
         hops=(Hop(src=src, dst=dst, capture_id=None),),
+        flags=flags,
     )
     return CdrCall(uid=uid, record=record, trunk=trunk, client=client)

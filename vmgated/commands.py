@@ -335,7 +335,7 @@ class Commands:
             if not line.strip():
                 continue
             try:
-                cdr = parse_line(line)
+                cdr = parse_line(line, None, app.pipeline.tracker.max_duration_us)
             except CdrError as exc:
                 errors.append(f"{n}: {exc}")  # the CLI prefixes the file: `FILE:LINE: ...`
                 continue

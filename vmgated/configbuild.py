@@ -49,6 +49,9 @@ from vmgated.configparse import (
 )
 from vmgated.configplans import load_plans
 
+MAX_DURATION_LIMIT_US = 7 * 86_400 * 1_000_000
+"""Longest `calls.max_duration` accepted (see rating.deck for why there is a bound)."""
+
 # A limit that failed to read: its own refusal is reported, not every client on top of it.
 _UNCHECKED = 1 << 62
 
@@ -90,7 +93,15 @@ class Builder:
         listen = self.listen(top.get("listen"), state_dir)
         security = self.security(top.get("security"))
         m = r.mapping(top.get("calls") or {}, "calls", ("max_duration",)) or {}
-        calls = Calls(r.duration_us(m, "max_duration", "calls", 3 * 3600 * 1_000_000))
+        max_duration = r.duration_us(m, "max_duration", "calls", 3 * 3600 * 1_000_000)
+        if max_duration > MAX_DURATION_LIMIT_US:
+            # With the deck's price bounds this keeps every leg inside 64-bit micro-units.
+            r.problem(
+                "calls.max_duration",
+                f"{m['max_duration']} is longer than 7d; no call is held (or billed) that long",
+            )
+            max_duration = MAX_DURATION_LIMIT_US
+        calls = Calls(max_duration)
         subscription = self.subscription(top.get("subscription"))
         networks = self.networks(top.get("networks"), subscription)
         plan_configs, plans, decks = self.plans(top.get("rate_plans"), tenant.currency)

@@ -121,7 +121,7 @@ class Pipeline:
                     continue
                 try:
                     try:
-                        cdr = parse_line(line, sender)
+                        cdr = parse_line(line, sender, self.tracker.max_duration_us)
                     except CdrError as exc:
                         self.dropped("cdr", exc.reason, exc, sender)
                         continue

@@ -156,3 +156,28 @@ def test_an_answered_cdr_with_no_billable_second_pays_the_connection_fee() -> No
     assert (entry.disposition, entry.billsec) == ("answered", 0)
     (customer,) = [leg for leg in entry.legs if leg.party.value == "customer"]
     assert (customer.prefix, customer.charged_sec, customer.amount) == ("535", 0, 10_000)
+
+
+def test_a_cdr_longer_than_max_duration_is_cut_to_it_and_flagged() -> None:
+    # An end in 9999 used to be billed as claimed: 251,575,459,199 s, 27 million USD.
+    three_h = 3 * 3600 * 1_000_000
+    cdr = parse_line(line(end="9999-01-01T00:00:00Z"), None, three_h)
+    assert cdr.record.end == cdr.record.answer + three_h  # type: ignore[operator]
+    assert (cdr.record.billsec, cdr.record.flags) == (3 * 3600, ("max_duration",))
+    assert cdr.uid == parse_line(line()).uid  # the same call, only its times cut
+    exact = parse_line(line(end="2026-11-22T13:00:05.250Z"), None, three_h)  # exactly 3 h
+    assert (exact.record.billsec, exact.record.flags) == (3 * 3600, ())
+    unanswered = parse_line(line(answer=None, end="9999-01-01T00:00:00Z"), None, three_h)
+    assert unanswered.record.flags == () and unanswered.record.billsec == 0
+
+
+def test_the_pipeline_caps_cdrs_at_the_running_max_duration() -> None:
+    billed: list[object] = []
+    pipeline = example_pipeline(lambda item, tx: billed.append(tx))
+    pipeline.tracker.max_duration_us = 3600 * 1_000_000  # as a reload to 1h sets it
+    pipeline.feed_cdr([(line(end="9999-01-01T00:00:00Z"), ("127.0.0.1", 5060))])
+    (tx,) = billed
+    entry = tx.call  # type: ignore[attr-defined]
+    assert (entry.billsec, entry.flags) == (3600, ("max_duration",))
+    (customer,) = [leg for leg in entry.legs if leg.party.value == "customer"]
+    assert customer.charged_sec == 3600 and 0 < customer.amount < 10**9

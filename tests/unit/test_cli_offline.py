@@ -203,12 +203,27 @@ def test_rate_unknown_trunk_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     assert err == "vmgatectl: error: unknown trunk 'nope'; known: acme-1, acme-net\n"
 
 
+def test_rate_longer_than_max_duration_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *RATE, "--seconds", "1e20", "--config", SMALL)
+    assert code == 1 and out == ""
+    assert err == (
+        "vmgatectl: error: --seconds 100000000000000000000 is longer than calls.max_duration "
+        "(10800 s): no call is billed that long\n"
+    )
+    code, out, _ = run(capsys, *RATE, "--seconds", "10800", "--json", "--config", SMALL)
+    assert code == 0 and json.loads(out)["billsec"] == 10800
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["rate", "44", "--trunk", "acme-1", "--seconds", "-1"],
         ["rate", "44", "--trunk", "acme-1", "--seconds", "abc"],
         ["rate", "44", "--trunk", "acme-1", "--at", "yesterday"],
+        # SQLite took -1 as "no limit" (an empty listing here) and 10**23 as a traceback.
+        ["calls", "--limit", "-1"],
+        ["calls", "--limit", "99999999999999999999999"],
+        ["payments", "--limit", "1e3"],
         ["rate", "44"],
         ["frobnicate"],
         [],

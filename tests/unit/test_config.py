@@ -287,6 +287,18 @@ def test_bad_durations_are_refused(value: object) -> None:
         parse_duration_us(value)
 
 
+def test_max_duration_longer_than_a_week_is_refused(tmp_path: Path) -> None:
+    refused(
+        tmp_path,
+        edit("{max_duration: 3h}", "{max_duration: 8d}"),
+        "max_duration",
+        "calls.max_duration",
+        "8d is longer than 7d; no call is held (or billed) that long",
+    )
+    config = load(tmp_path, edit("{max_duration: 3h}", "{max_duration: 7d}"))
+    assert config.calls.max_duration_us == 7 * 86_400 * 1_000_000
+
+
 def test_duration_refusal_is_located(tmp_path: Path) -> None:
     text = edit("{max_duration: 3h}", "{max_duration: 3 hours}")
     refused(

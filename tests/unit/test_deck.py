@@ -111,6 +111,12 @@ def test_negative_rate_error_names_file_line_and_field() -> None:
         ("44,UK,2026-01-01,2026-01-01,0.1,,,", "valid_until", "is not after valid_since"),
         ("44,UK,2026-02-01,2026-01-01,0.1,,,", "valid_until", "is not after valid_since"),
         ("44,UK,2026-01-01,0.1,,,", "row", "has 7 cells"),
+        # Bounds that keep every leg inside the ledger's 64-bit micro-units.
+        ("44,UK,2026-01-01,,1e30,,,", "rate_per_min", "'1e30' is above 10000000"),
+        ("44,UK,2026-01-01,,10000000.000001,,,", "rate_per_min", "is above 10000000"),
+        ("44,UK,2026-01-01,,0.1,1e40,,", "connection_fee", "'1e40' is above 10000000"),
+        ("44,UK,2026-01-01,,0.1,,86401,", "connection_sec", "'86401' is longer than 86400 s"),
+        ("44,UK,2026-01-01,,0.1,,," + "9" * 5000, "billing_block_sec", "is longer than 86400"),
     ],
 )
 def test_bad_cells_are_refused_with_line_and_field(row: str, field: str, fragment: str) -> None:
@@ -120,6 +126,12 @@ def test_bad_cells_are_refused_with_line_and_field(row: str, field: str, fragmen
     assert err.value.field == field
     assert fragment in err.value.message
     assert str(err.value).startswith(f"d.csv:2: {field}: ")
+
+
+def test_the_largest_prices_and_periods_are_taken() -> None:
+    (row,) = parse_deck(deck("44,UK,2026-01-01,,10000000,10000000,86400,0086400"), "x.csv")
+    assert (row.rate_per_min, row.connection_fee) == (Decimal(10_000_000), Decimal(10_000_000))
+    assert (row.connection_sec, row.billing_block_sec) == (86_400, 86_400)
 
 
 def test_same_code_and_valid_since_twice_is_an_error_naming_both_lines() -> None:

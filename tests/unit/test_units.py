@@ -46,6 +46,30 @@ def test_parse_amount_refuses_more_than_six_decimals() -> None:
         parse_amount("0.0000001")
 
 
+@pytest.mark.parametrize(
+    "text", ["1000000000000", "99999999999999999999999", "1e30", "-1e25", "123456789012345678901.5"]
+)
+def test_parse_amount_refuses_a_size_no_payment_has(text: str) -> None:
+    # These used to escape as decimal.InvalidOperation (quantize past 28 digits) or pass.
+    with pytest.raises(UnitError, match="is too large; an amount is below 1000000000000"):
+        parse_amount(text)
+
+
+def test_parse_amount_takes_the_largest_allowed_and_zero_in_any_exponent() -> None:
+    assert parse_amount("999999999999.999999") == 10**18 - 1
+    assert parse_amount("-999999999999.999999") == -(10**18) + 1
+    assert parse_amount("0E+1000") == parse_amount("0E-1000") == 0
+
+
+@given(st.decimals(allow_nan=True, allow_infinity=True).map(str))
+def test_parse_amount_raises_nothing_but_unit_error(text: str) -> None:
+    try:
+        value = parse_amount(text)
+    except UnitError:
+        return
+    assert abs(value) < 10**18
+
+
 def test_format_micros_has_exactly_six_decimals() -> None:
     assert format_micros(-1_500_000) == "-1.500000"
     assert format_micros(0) == "0.000000"

@@ -27,7 +27,7 @@ from rating.model import Party
 from rating.units import format_micros, format_time
 from sip.capture import CaptureError, read_capture
 from vmgated.cli.main import CommandError, Commands
-from vmgated.cli.offline import leg_json, load, time_arg
+from vmgated.cli.offline import leg_json, limit_arg, load, time_arg
 from vmgated.cli.output import print_json, render_table
 from vmgated.control import ControlError, DaemonNotRunning, call
 from vmgated.planlock import lock_problems
@@ -50,7 +50,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--reseller")
     p.add_argument("--since", type=time_arg, help="RFC 3339 or epoch seconds")
     p.add_argument("--until", type=time_arg)
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=limit_arg, default=None,
                    help="at most N calls (default: 100 of the history; every call in progress)")
     p.set_defaults(func=run_calls)
     p = commands.add_parser("balances", help="My Balance, Customer Total, owed amounts")
@@ -67,7 +67,7 @@ def register(commands: Commands) -> None:
     p.add_argument("--ref", required=True, help="payout reference (makes it idempotent)")
     p.set_defaults(func=run_payout)
     p = commands.add_parser("payments", help="recent payments and payouts")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=limit_arg, default=50)
     p.set_defaults(func=run_payments)
     p = commands.add_parser("resellers", help="the reseller roster")
     p.set_defaults(func=run_resellers)

@@ -72,6 +72,22 @@ def time_arg(text: str) -> EpochUs:
         ) from exc
 
 
+LIMIT_MAX = 1_000_000_000
+
+
+def limit_arg(text: str) -> int:
+    """--limit: a whole number of rows, 0 … LIMIT_MAX (SQLite would take -1 as "no limit"
+    and refuse past 64 bits with a traceback)."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 10 or (
+        int(value) > LIMIT_MAX
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of rows; write a whole number from 0 to {LIMIT_MAX}"
+        )
+    return int(value)
+
+
 def seconds_arg(text: str) -> int:
     """--seconds: answered duration, fractions allowed; returns billsec = ceil(S)."""
     try:
@@ -196,6 +212,12 @@ def run_rate(args: argparse.Namespace) -> int:
     if args.client is not None and config.client(args.client) is None:
         known = _known(c.id for c in config.vmgateclients)
         raise CommandError(f"unknown VMGateClient {args.client!r}; {known}")
+    limit_s = config.calls.max_duration_us // 1_000_000
+    if args.seconds > limit_s:
+        raise CommandError(
+            f"--seconds {args.seconds} is longer than calls.max_duration ({limit_s} s): "
+            "no call is billed that long"
+        )
     start = args.at if args.at is not None else now_us()
     rated = config.rater().rate(args.number, args.trunk, args.client, start, args.seconds)
     if args.json:
