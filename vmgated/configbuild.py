@@ -572,11 +572,14 @@ class Builder:
         r = self.r
         d = LedgerTuning()
         m = r.mapping(value or {}, "ledger", ("batch_max", "batch_ms", "queue_max")) or {}
-        return LedgerTuning(
-            r.integer(m, "batch_max", "ledger", d.batch_max, low=1) or d.batch_max,
-            r.integer(m, "batch_ms", "ledger", d.batch_ms, low=0, high=10_000) or d.batch_ms,
-            r.integer(m, "queue_max", "ledger", d.queue_max, low=1) or d.queue_max,
-        )
+        # Not `... or default`: batch_ms 0 (commit each group at once) is a real setting and
+        # was silently read as the default 5. Upper bounds: a group or a queue past these
+        # is memory, not tuning (the queue is the back-pressure bound).
+        batch_max = r.integer(m, "batch_max", "ledger", d.batch_max, low=1, high=100_000)
+        batch_ms = r.integer(m, "batch_ms", "ledger", d.batch_ms, low=0, high=10_000)
+        queue_max = r.integer(m, "queue_max", "ledger", d.queue_max, low=1, high=10_000_000)
+        assert batch_max is not None and batch_ms is not None and queue_max is not None
+        return LedgerTuning(batch_max, batch_ms, queue_max)
 
     # -- cross checks -----------------------------------------------------------------------
 

@@ -188,6 +188,28 @@ def test_optional_extra_keys_metrics_and_ledger(tmp_path: Path) -> None:
     )
 
 
+def test_ledger_batch_ms_zero_means_commit_at_once(tmp_path: Path) -> None:
+    # It used to be read as the default 5 (`value or default` with value 0).
+    config = load(tmp_path, BASE + "ledger: {batch_ms: 0}\n")
+    assert config.ledger.batch_ms == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("batch_max", "100001", "100001 must be between 1 and 100000"),
+        ("queue_max", "99999999999999999999999", "must be between 1 and 10000000"),
+        ("batch_ms", "10001", "10001 must be between 0 and 10000"),
+    ],
+)
+def test_ledger_tuning_has_upper_bounds(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    text = BASE + f"ledger: {{{key}: {value}}}\n"
+    problems = refusals(tmp_path, text)
+    assert any(f"ledger.{key}: " in p and message in p for p in problems), problems
+
+
 def test_listener_by_interface_and_auth_key(tmp_path: Path) -> None:
     text = edit(
         "hep: [{address: 127.0.0.1, port: 9060}]",
