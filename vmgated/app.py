@@ -288,6 +288,8 @@ class App:
 
     def _restore(self, recovered: Recovered) -> tuple[Tracker, list[Billable]]:
         kwargs = {"max_duration_us": self.config.calls.max_duration_us}
+        if recovered.damaged is not None:
+            return self._without_snapshot(recovered.damaged, kwargs)
         if recovered.snapshot is None:
             return Tracker(**kwargs), []
         try:
@@ -297,10 +299,20 @@ class App:
             log.info("dialog snapshot: %d calls in progress, %d pending, restored in %.2f s",
                      len(tracker), len(pending), time.monotonic() - began)
             return tracker, pending
-        except ValueError as exc:
-            # Never refuse to start over a bad snapshot: the ledger is the truth; say so loudly.
-            log.error("dialog snapshot unreadable (%s); starting with no active dialogs", exc)
-            return Tracker(**kwargs), []
+        except Exception as exc:  # whatever is wrong with the file
+            return self._without_snapshot(exc, kwargs)
+
+    def _without_snapshot(
+        self, why: object, kwargs: dict[str, int]
+    ) -> tuple[Tracker, list[Billable]]:
+        """Start with no dialogs: never refuse to start over a bad snapshot (systemd would
+        restart into the same failure for ever). The ledger is the truth and the journal is
+        still replayed; the file is kept aside for whoever investigates (the next snapshot
+        would overwrite it)."""
+        kept = self.journal.set_aside_snapshot()
+        log.error("dialog snapshot unreadable (%s); starting with no active dialogs; the file "
+                  "is kept as %s", why, kept)
+        return Tracker(**kwargs), []
 
     # -- input ---------------------------------------------------------------------------
     def _on_hep(self, batch: list[tuple[bytes, Addr]]) -> None:

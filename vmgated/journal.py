@@ -62,6 +62,7 @@ class Recovered:
 
     snapshot: bytes | None
     journals: tuple[Path, ...]
+    damaged: str | None = None  # why a snapshot file that exists is not one we wrote whole
 
     def entries(self) -> Iterator[Entry]:
         """The journalled datagrams, in order, read one at a time.
@@ -169,11 +170,16 @@ class Journal:
         """
         snap_path = self.dir / "snapshot"
         snapshot: bytes | None = None
+        damaged: str | None = None
         if snap_path.exists():
             raw = snap_path.read_bytes()
             if raw[:4] == _SNAP_MAGIC and len(raw) >= 8:
                 self._gen = int.from_bytes(raw[4:8], "big")
                 snapshot = raw[8:]
+            else:
+                # Not a file we wrote whole: said (and set aside by the caller) rather than
+                # silently ignored and then overwritten. Every journal is replayed.
+                damaged = f"{len(raw)} bytes without the {_SNAP_MAGIC!r} header"
         journals: list[Path] = []
         for gen in self._journals():
             path = self._journal_path(gen)
@@ -185,7 +191,17 @@ class Journal:
         self._fd = os.open(
             self._journal_path(self._gen), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
         )
-        return Recovered(snapshot, tuple(journals))
+        return Recovered(snapshot, tuple(journals), damaged)
+
+    def set_aside_snapshot(self) -> Path:
+        """Rename an unreadable snapshot to `snapshot.unreadable` (replacing an older one).
+
+        Recovery has already chosen the journals to replay; the generation counter goes on
+        from them, so nothing else changes.
+        """
+        kept = self.dir / "snapshot.unreadable"
+        (self.dir / "snapshot").replace(kept)
+        return kept
 
     def append(self, kind: int, batch: Sequence[tuple[bytes, tuple[str, int]]]) -> None:
         """Journal a received batch with one write (before it is processed)."""

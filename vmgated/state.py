@@ -67,7 +67,13 @@ def decode(payload: bytes) -> tuple[bytes, list[Billable]]:
         raise ValueError(f"snapshot version {version}, this vmgated reads {VERSION}")
     tracker_state = payload[_HEAD.size : _HEAD.size + tlen]
     calls = json.loads(payload[_HEAD.size + tlen :] or b"[]")
-    pending = [
-        Billable(c["uid"], _record_from_json(c["record"]), c["trunk"], c["client"]) for c in calls
-    ]
+    try:
+        pending = [
+            Billable(c["uid"], _record_from_json(c["record"]), c["trunk"], c["client"])
+            for c in calls
+        ]
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        # A damaged file must read as "not one we wrote", like any other bad snapshot: the
+        # daemon then starts without it instead of failing its start over and over.
+        raise ValueError(f"snapshot's pending calls are corrupt: {exc!r}") from None
     return tracker_state, pending

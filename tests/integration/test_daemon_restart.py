@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -103,6 +104,33 @@ def test_kill9_keeps_snapshot_and_journal_dialogs_including_one_answered_just_be
     env.wait_calls(2)
     assert_billed_once(env, old, 30)
     assert_billed_once(env, fresh, 61)  # ceil(60.5)
+
+
+@pytest.mark.parametrize("damage", ["pending", "header"])
+def test_a_damaged_snapshot_is_set_aside_and_the_daemon_starts_and_bills(
+    env: Env, damage: str
+) -> None:
+    env.send(Call("before-damage"))
+    env.wait_calls(1)
+    assert env.daemon.stop() == 0  # SIGTERM leaves a snapshot
+    dialogs = env.dir / "var" / "dialogs"
+    raw = (dialogs / "snapshot").read_bytes()
+    if damage == "pending":
+        # Header and tracker state intact, a pending call missing its fields: this used to
+        # fail every start with a KeyError traceback (a restart loop under systemd).
+        (tlen,) = struct.unpack_from("!I", raw, 10)  # after magic, generation, version
+        raw = raw[: 8 + 6 + tlen] + b'[{"uid":"u","trunk":null,"client":null,' \
+                                     b'"record":{"call_id":"x"}}]'
+    else:
+        raw = b"not a snapshot"  # used to be ignored without a word, then overwritten
+    (dialogs / "snapshot").write_bytes(raw)
+    env.restart()
+    assert (dialogs / "snapshot.unreadable").read_bytes() == raw
+    assert "dialog snapshot unreadable" in env.daemon.logs()
+    env.send(Call("after-damage", start=BASE + 100 * S, answer=BASE + 101 * S,
+                  end=BASE + 131 * S))
+    billed = {c["call_id"]: c["billsec"] for c in env.wait_calls(2)}
+    assert billed == {"before-damage": 60, "after-damage": 30}
 
 
 def test_finished_but_uncommitted_call_survives_kill9(tmp_path: Path) -> None:

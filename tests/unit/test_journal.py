@@ -17,6 +17,21 @@ def test_first_start_recovers_nothing(tmp_path: Path) -> None:
     assert rec.snapshot is None and list(rec.entries()) == []
 
 
+def test_a_snapshot_without_our_header_is_reported_and_its_journals_kept(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    j.checkpoint(b"state-1")
+    j.append(HEP, [(b"a", ("127.0.0.1", 9060))])
+    (tmp_path / "dialogs" / "snapshot").write_bytes(b"")  # e.g. a disk that lost the file
+    again = Journal(tmp_path)
+    rec = again.recover()
+    assert rec.snapshot is None and rec.damaged == "0 bytes without the b'VMGS' header"
+    assert [e.payload for e in rec.entries()] == [b"a"]  # still replayed
+    kept = again.set_aside_snapshot()
+    assert kept.name == "snapshot.unreadable" and kept.read_bytes() == b""
+    assert Journal(tmp_path).recover().damaged is None  # gone, not reported again
+
+
 def test_entries_after_the_snapshot_are_replayed(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.recover()
