@@ -150,12 +150,17 @@ class App:
     async def _recover(self) -> None:
         """Open the ledger, load the dialog snapshot, bill what was pending, replay the journal."""
         cfg = self.config
-        self.ledger = await Ledger.open(
-            cfg.state_dir / "ledger.db",
-            batch_max=cfg.ledger.batch_max,
-            batch_ms=cfg.ledger.batch_ms,
-            queue_max=cfg.ledger.queue_max,
-        )
+        path = cfg.state_dir / "ledger.db"
+        try:
+            self.ledger = await Ledger.open(
+                path,
+                batch_max=cfg.ledger.batch_max,
+                batch_ms=cfg.ledger.batch_ms,
+                queue_max=cfg.ledger.queue_max,
+            )
+        except (sqlite3.Error, OSError) as exc:
+            # SQLite's own words ("file is not a database") do not say which file.
+            raise LedgerError(f"ledger {path}: {exc}") from exc
         self.ledger.on_commit = lambda _size, seconds: self.commit_hist.observe(seconds)
         self.journal = Journal(cfg.state_dir)
         recovered = self.journal.recover()

@@ -74,3 +74,19 @@ def test_after_a_failed_start_the_same_state_dir_starts_cleanly(tmp_path: Path) 
         assert daemon.ctl_json("ledger", "verify")["ok"] is True
     finally:
         daemon.stop()
+
+
+def test_a_ledger_file_that_is_not_a_database_is_named_and_the_start_fails(
+    tmp_path: Path,
+) -> None:
+    # The ledger is the truth: a damaged one must stop the start (unlike a dialog snapshot),
+    # and the line must say which file (SQLite only says "file is not a database").
+    config = write_config(tmp_path, hep_port=free_port(),
+                          metrics_port=free_port(socket.SOCK_STREAM))
+    (tmp_path / "var").mkdir(exist_ok=True)
+    (tmp_path / "var" / "ledger.db").write_bytes(b"not a database, not even close" * 10)
+    done = run_daemon(config)
+    assert done.returncode == 1, done.stderr
+    assert "cannot start: ledger " in done.stderr, done.stderr
+    assert "ledger.db: file is not a database" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
