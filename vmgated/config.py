@@ -25,6 +25,7 @@ from vmgated.configparse import (
     IPNetwork,
     Problem,
     parse_yaml,
+    unreadable,
 )
 
 __all__ = [
@@ -332,8 +333,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([Problem(file, 0, "", f"cannot read the config: {reason}")]) from exc
+        why = f"cannot read the config: {unreadable(exc)}"
+        raise ConfigError([Problem(file, 0, "", why)]) from exc
     doc = parse_yaml(text, file)
     # The builder needs these records; importing it here keeps the import graph one-way.
     from vmgated.configbuild import Builder

@@ -277,6 +277,16 @@ _UNIT_US = {
 }
 
 
+def unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    """Why a config or deck file could not be read, in words an operator can act on."""
+    if isinstance(exc, UnicodeDecodeError):
+        # Spreadsheets export CSV as Windows-1252 more often than not: say where and what.
+        line = exc.object[: exc.start].count(b"\n") + 1
+        return (f"not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line}); "
+                "save it as UTF-8")
+    return exc.strerror or str(exc)
+
+
 def parse_duration_us(value: object) -> int:
     """`90s`, `15m`, `3h`, `1d`, `250ms` or plain seconds (int or '1.5') → microseconds > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rating.deck import DeckError, destinations_from_rows, parse_deck
 from rating.model import Destination, RatePlan
-from vmgated.configparse import Problem, Reader, child
+from vmgated.configparse import Problem, Reader, child, unreadable
 
 if TYPE_CHECKING:
     from vmgated.config import PlanConfig
@@ -42,8 +42,7 @@ def _from_deck(deck: Path, path: str, reader: Reader, shown: str) -> tuple[Desti
     try:
         text = deck.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        reader.problem(child(path, "deck"), f"cannot read {shown}: {reason}")
+        reader.problem(child(path, "deck"), f"cannot read {shown}: {unreadable(exc)}")
         return ()
     try:
         return parse_deck(text, shown)

@@ -721,6 +721,20 @@ def test_missing_deck_file(tmp_path: Path) -> None:
     assert problems[0].endswith("nope.csv: No such file or directory")
 
 
+def test_a_deck_saved_as_windows_1252_says_where_and_what_to_do(tmp_path: Path) -> None:
+    text = edit("deck: decks/reseller.csv", "deck: decks/koeln.csv")
+    write(tmp_path, text)
+    (tmp_path / "decks" / "koeln.csv").write_bytes(
+        b"code,description,valid_since,valid_until,rate_per_min,connection_fee,"
+        b"connection_sec,billing_block_sec\n49221,K\xf6ln,2026-01-01,,0.01,,,\n"
+    )
+    problems = refusals(tmp_path, text)
+    assert len(problems) == 1
+    assert problems[0].endswith(
+        "koeln.csv: not UTF-8 text (byte 0xf6 on line 2); save it as UTF-8"
+    ), problems
+
+
 def test_inline_destination_error_points_at_the_yaml_field(tmp_path: Path) -> None:
     text = edit(
         "{name: res, scope: reseller, deck: decks/reseller.csv}",

@@ -29,6 +29,7 @@ from sip.capture import CaptureError, read_capture
 from vmgated.cli.main import CommandError, Commands
 from vmgated.cli.offline import leg_json, limit_arg, load, time_arg
 from vmgated.cli.output import print_json, render_table
+from vmgated.configparse import unreadable
 from vmgated.control import ControlError, DaemonNotRunning, call
 from vmgated.planlock import lock_problems
 
@@ -523,10 +524,8 @@ def run_rates_import(args: argparse.Namespace) -> int:
                            "give it a `deck:` file to import into")
     try:
         text = args.file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"{args.file}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise CommandError(f"{args.file}: not UTF-8 text ({exc.reason})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"{args.file}: {unreadable(exc)}") from exc
     try:
         destinations = parse_deck(text, str(args.file))
     except DeckError as exc:
