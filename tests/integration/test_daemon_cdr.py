@@ -95,3 +95,21 @@ def test_cdr_import_bills_good_lines_reports_bad_ones_and_reimport_bills_nothing
     again = json.loads(env.ctl("cdr", "import", str(path), "--json", check=False).stdout)
     assert (again["billed"], again["already_billed"], len(again["errors"])) == (0, 4, 4)
     assert len(env.calls()) == 4
+
+
+def test_cdr_import_refuses_a_line_that_is_not_utf8_and_bills_the_rest(
+    env: Env, tmp_path: Path
+) -> None:
+    # Read strictly per line, as the UDP listener reads a datagram; it used to be billed with
+    # U+FFFD in place of the bad byte.
+    latin1 = json.dumps(cdr("enc-1", caller="Köln"), ensure_ascii=False).encode("latin-1")
+    good = json.dumps(cdr("enc-2", 10)).encode()
+    path = tmp_path / "cdrs.jsonl"
+    path.write_bytes(latin1 + b"\n" + good + b"\n")
+    out = env.ctl("cdr", "import", str(path), check=False)
+    assert out.returncode == 1
+    assert "billed 1, already billed 0, errors 1" in out.stdout
+    column = latin1.index(b"\xf6") + 1
+    assert out.stderr.strip() == (f"{path}:1: not UTF-8 text (byte 0xf6 at column {column}); "
+                                  "CDR lines are UTF-8 JSON")
+    assert [c["call_id"] for c in env.calls()] == ["enc-2"]

@@ -388,11 +388,22 @@ def run_cdr_import(args: argparse.Namespace) -> int:
     """Send a CDR file to the daemon in chunks; per-line errors are reported, not fatal."""
     config = locate(args)
     try:
-        lines = args.file.read_text(encoding="utf-8", errors="replace").splitlines()
+        raw_lines = args.file.read_bytes().splitlines()
     except OSError as exc:
         raise CommandError(f"{args.file}: {exc.strerror}") from exc
+    # Each line decoded on its own, strictly, as the UDP listener reads a datagram: a line in
+    # another encoding is that line's error (it used to be billed with U+FFFD in its text).
+    lines: list[str] = []
+    local_errors: list[str] = []
+    for n, raw in enumerate(raw_lines, 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            lines.append("")  # keeps the daemon's line numbers true; blank lines are skipped
+            local_errors.append(f"{args.file}:{n}: not UTF-8 text (byte {raw[exc.start]:#04x} "
+                                f"at column {exc.start + 1}); CDR lines are UTF-8 JSON")
     bar = Progress("cdr import")
-    totals: dict[str, Any] = {"billed": 0, "already_billed": 0, "errors": []}
+    totals: dict[str, Any] = {"billed": 0, "already_billed": 0, "errors": local_errors}
     try:
         for first in range(0, len(lines), CHUNK):
             result = _ctl(config, "cdr_import",
