@@ -439,6 +439,7 @@ class MetricsServer:
     """
 
     READ_TIMEOUT = 5.0  # a client that does not finish its request head in time is dropped
+    WRITE_TIMEOUT = 10.0  # nor one that does not read its answer (each holds a socket)
 
     def __init__(self, collector: MetricsCollector, host: str, port: int) -> None:
         self.collector = collector
@@ -479,9 +480,12 @@ class MetricsServer:
             )
             if not head.startswith(b"HEAD "):
                 writer.write(body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+            await asyncio.wait_for(writer.drain(), self.WRITE_TIMEOUT)
+        except TimeoutError:
+            # Too slow to send its request, or to read the answer: a graceful close would
+            # still hold the unsent answer in memory until the client reads it all.
+            writer.transport.abort()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -231,3 +231,32 @@ def test_scrape_runs_on_the_loop_without_blocking_it_for_long() -> None:
         return loop.time() - start
 
     assert uvloop.run(main()) < 0.5
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped() -> None:
+    # Each such client held a socket and a task for ever (drain without a timeout).
+    class Huge:
+        def render(self) -> bytes:
+            return b"# padding\n" * 3_000_000  # 30 MB: more than both socket buffers hold
+
+    async def main() -> bool:
+        server = MetricsServer(Huge(), "127.0.0.1", 0)  # type: ignore[arg-type]
+        server.WRITE_TIMEOUT = 0.5
+        await server.start()
+        host, port = server.sockname
+        reader, writer = await asyncio.open_connection(host, port, limit=1024)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1.5)  # read nothing meanwhile
+        # Dropped: what is left to read ends (EOF or reset) long before 30 MB have come.
+        got = 0
+        try:
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 5):
+                got += len(chunk)
+        except ConnectionError:
+            pass
+        writer.close()
+        await server.stop()
+        return got < 30_000_000
+
+    assert uvloop.run(main())
