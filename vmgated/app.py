@@ -49,7 +49,7 @@ from vmgated.metrics import (
     MetricsServer,
     MetricsSettings,
 )
-from vmgated.pipeline import Billable, Pipeline, Runtime
+from vmgated.pipeline import LOG_EVERY, Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import UdpDropCounter, udp_queued
 
@@ -82,6 +82,7 @@ class App:
         self.gc_clock = GcClock()
         # One reload at a time: a second SIGHUP (or `vmgatectl reload`) waits for the first.
         self._reload_lock = asyncio.Lock()
+        self._journal_warned = -LOG_EVERY  # when a journal write failure was last logged
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -324,12 +325,32 @@ class App:
         for i, (data, sender) in enumerate(batch):
             if data[:1] == b"\x01":  # HEPv1: no capture time of its own (sip.hep.stamp_v1)
                 batch[i] = (stamp_v1(data, now_us()), sender)
-        self.journal.append(HEP, batch)
+        self._journal(HEP, batch)
         self.pipeline.feed_hep(batch)
 
     def _on_cdr(self, batch: list[tuple[bytes, Addr]]) -> None:
-        self.journal.append(CDR, batch)
+        self._journal(CDR, batch)
         self.pipeline.feed_cdr(batch)
+
+    def _journal(self, kind: int, batch: list[tuple[bytes, Addr]]) -> None:
+        """Journal a batch; if that fails (disk full), bill it anyway and say so.
+
+        Dropping the batch because it could not be made crash-safe would lose for certain
+        what a crash only might: its calls are billed as usual, only a `kill -9` before they
+        end would lose them. Counted as `vmgated_packets_total{input="journal",
+        result="write_error"}` per datagram, logged at most every LOG_EVERY seconds.
+        """
+        try:
+            self.journal.append(kind, batch)
+        except OSError as exc:
+            self.counters.packets[("journal", "write_error")] += len(batch)
+            now = time.monotonic()
+            if now - self._journal_warned >= LOG_EVERY:
+                self._journal_warned = now
+                log.error("journal write failed (%s): datagrams are billed but not crash-safe "
+                          "until it can write again; counted as "
+                          "vmgated_packets_total{input=\"journal\",result=\"write_error\"}",
+                          exc)
 
     # -- ledger sink -----------------------------------------------------------------------
     def _sink(self, item: Billable, tx: Transaction) -> None:
