@@ -83,6 +83,7 @@ class App:
         # One reload at a time: a second SIGHUP (or `vmgatectl reload`) waits for the first.
         self._reload_lock = asyncio.Lock()
         self._journal_warned = -LOG_EVERY  # when a journal write failure was last logged
+        self._tick_warned: dict[str, float] = {}  # tick step -> when its failure was logged
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -443,13 +444,34 @@ class App:
                 await asyncio.wait_for(self.stopping.wait(), interval / 2)
 
     def tick(self) -> None:
-        """Expire overdue dialogs, retry the backlog, persist dialog state."""
-        self.pipeline.expire()
-        self.drain_backlog()
-        if self.journal.checkpoint_due():  # spaced by its cost (vmgated.journal)
-            self._snapshot_task = asyncio.get_running_loop().create_task(
-                self._snapshot(*self._capture()), name="dialog-snapshot"
-            )
+        """Expire overdue dialogs, retry the backlog, persist dialog state.
+
+        Each step on its own: one that raises (a bug, or a snapshot's new journal file that
+        cannot be created) is logged at most every LOG_EVERY seconds and the others still
+        run, now and at the next tick. An exception escaping here used to end the ticker
+        task for good: no more expiry, backlog retries or snapshots, and nothing said.
+        """
+        for step in (self.pipeline.expire, self.drain_backlog, self._maybe_snapshot):
+            try:
+                step()
+            except Exception:
+                name = step.__name__
+                now = time.monotonic()
+                if now - self._tick_warned.get(name, -LOG_EVERY) >= LOG_EVERY:
+                    self._tick_warned[name] = now
+                    log.exception("periodic %s failed; the daemon goes on", name)
+
+    def _maybe_snapshot(self) -> None:
+        if not self.journal.checkpoint_due():  # spaced by its cost (vmgated.journal)
+            return
+        try:
+            captured = self._capture()
+        except BaseException:
+            self.journal.checkpoint_done()  # a failed try is spaced like a snapshot
+            raise
+        self._snapshot_task = asyncio.get_running_loop().create_task(
+            self._snapshot(*captured), name="dialog-snapshot"
+        )
 
     def _capture(self) -> tuple[int, TrackerState, list[Billable]]:
         """Copy the dialog state and start the next journal, with no batch in between."""

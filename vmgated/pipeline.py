@@ -109,7 +109,10 @@ class Pipeline:
                                pkt.correlation_id)
                 if records:
                     for record in records:
-                        self.bill(Billable("", record))
+                        try:
+                            self.bill(Billable("", record))
+                        except Exception as exc:
+                            self.failed("hep", exc, sender)  # a datagram's other record goes on
             except Exception as exc:
                 self.failed("hep", exc, sender)
 
@@ -155,9 +158,10 @@ class Pipeline:
         log.warning("dropped %s (last: %s from %s:%s); counted in vmgated_packets_total",
                     counts, detail, sender[0], sender[1])
 
-    def failed(self, input_name: str, exc: Exception, sender: Addr) -> None:
-        """A datagram that hit a bug (not a refusal the parsers know): count it, log the
-        traceback at most every LOG_EVERY seconds, and go on with the rest of the batch.
+    def failed(self, input_name: str, exc: Exception, sender: Addr | None) -> None:
+        """A datagram (or, with `sender` None, a call closed by `expire`) that hit a bug, not
+        a refusal the parsers know: count it, log the traceback at most every LOG_EVERY
+        seconds, and go on with the rest of the batch.
 
         SPEC §3.3: bad input never stops the daemon or costs another call. The journal still
         holds the datagram, so a fixed build bills it at its next restart.
@@ -166,15 +170,21 @@ class Pipeline:
         now = time.monotonic()
         if now - self._last_failure >= LOG_EVERY:
             self._last_failure = now
-            log.error("a %s datagram from %s:%s failed in the pipeline (counted as %s; the "
-                      "batch goes on)", input_name, sender[0], sender[1], INTERNAL_ERROR,
-                      exc_info=exc)
+            what = "a call closed by expiry" if sender is None else (
+                f"a {input_name} datagram from {sender[0]}:{sender[1]}")
+            log.error("%s failed in the pipeline (counted as %s; the batch goes on)", what,
+                      INTERNAL_ERROR, exc_info=exc)
 
     def expire(self, now_us: int | None = None) -> int:
         """Close overdue dialogs (max_duration, session expiry, no final response)."""
         records = self.tracker.expire(self.clock_us() if now_us is None else now_us)
         for record in records:
-            self.bill(Billable("", record))
+            # One at a time: the tracker has already let go of them, so a call whose billing
+            # hits a bug must not take the rest of this tick's calls with it.
+            try:
+                self.bill(Billable("", record))
+            except Exception as exc:
+                self.failed("expire", exc, None)
         return len(records)
 
     # -- billing -------------------------------------------------------------------------
