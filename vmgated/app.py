@@ -316,7 +316,10 @@ class App:
         restart into the same failure for ever). The ledger is the truth and the journal is
         still replayed; the file is kept aside for whoever investigates (the next snapshot
         would overwrite it)."""
-        kept = self.journal.set_aside_snapshot()
+        try:
+            kept: object = self.journal.set_aside_snapshot()
+        except OSError as exc:  # a read-only directory must not stop the start either
+            kept = f"nowhere ({exc.strerror}): the next snapshot replaces it"
         log.error("dialog snapshot unreadable (%s); starting with no active dialogs; the file "
                   "is kept as %s", why, kept)
         return Tracker(**kwargs), []
