@@ -21,3 +21,17 @@ def example_pipeline(
     runtime = Runtime.build(load_config(ROOT / "conf" / "vmgated.yaml", env={}))
     return Pipeline(runtime, Tracker(), counters or Counters(),
                     sink or (lambda item, tx: None), lambda: 0)
+
+
+def pipeline_failing_on(call_id: str) -> tuple[Pipeline, list[str], Counters]:
+    """An example pipeline whose sink raises for one Call-ID (standing for a bug on the ledger
+    side) and records the Call-IDs of the others in the returned list."""
+    billed: list[str] = []
+
+    def sink(item: Billable, tx: object) -> None:
+        if item.record.call_id == call_id:
+            raise RuntimeError("a bug on the ledger side")
+        billed.append(item.record.call_id)
+
+    counters = Counters()
+    return example_pipeline(sink, counters), billed, counters

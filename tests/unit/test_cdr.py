@@ -6,13 +6,12 @@ import contextlib
 import json
 
 import pytest
-from example_tenant import DEMO_CDRS, example_pipeline
+from example_tenant import DEMO_CDRS, example_pipeline, pipeline_failing_on
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sip.call import Disposition
 from vmgated.cdr import CdrError, parse_line
-from vmgated.metrics import Counters
 from vmgated.pipeline import INTERNAL_ERROR, Billable
 
 BASE = {
@@ -129,16 +128,7 @@ def test_the_readme_demo_lines_bill_on_the_example_tenant() -> None:
 def test_a_line_that_hits_a_bug_costs_only_itself_and_is_counted() -> None:
     # SPEC §3.3: never loses another call. An exception the parsers do not know (here the
     # sink, standing for the ledger side) used to escape feed_cdr and drop the whole batch.
-    billed: list[str] = []
-
-    def sink(item: object, tx: object) -> None:
-        call_id = item.record.call_id  # type: ignore[attr-defined]
-        if call_id == "demo-0002@acme":
-            raise RuntimeError("a bug on the ledger side")
-        billed.append(call_id)
-
-    counters = Counters()
-    pipeline = example_pipeline(sink, counters)
+    pipeline, billed, counters = pipeline_failing_on("demo-0002@acme")
     lines = DEMO_CDRS.read_bytes().splitlines()
     sender = ("127.0.0.1", 5060)
     pipeline.feed_cdr([(lines[0], sender), (lines[1], sender), (lines[2], sender)])

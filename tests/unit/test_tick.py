@@ -8,13 +8,12 @@ import logging
 from pathlib import Path
 
 import pytest
-from example_tenant import example_pipeline
+from example_tenant import pipeline_failing_on
 from sipbuild import UAC, UAS, request, response
 
 from sip.message import parse
 from vmgated.app import App
 from vmgated.config import load_config
-from vmgated.metrics import Counters
 from vmgated.pipeline import INTERNAL_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,16 +77,7 @@ def test_a_step_that_raises_neither_stops_the_others_nor_the_next_tick(
 
 
 def test_expiry_bills_every_closed_call_even_if_one_of_them_hits_a_bug() -> None:
-    billed: list[str] = []
-
-    def sink(item: object, tx: object) -> None:
-        call_id = item.record.call_id  # type: ignore[attr-defined]
-        if call_id == "stuck-2":
-            raise RuntimeError("a bug on the ledger side")
-        billed.append(call_id)
-
-    counters = Counters()
-    pipeline = example_pipeline(sink, counters)
+    pipeline, billed, counters = pipeline_failing_on("stuck-2")
     t0 = 1_795_000_000_000_000
     for n in range(3):  # three answered calls whose BYE never comes
         call_id = f"stuck-{n}"
