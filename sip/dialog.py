@@ -15,6 +15,12 @@ Rules (SPEC §4, RFC 3261, RFC 4028):
 - `expire(now)` closes what is overdue: answered calls at `max_duration` or at the RFC 4028
   session expiry (last refresh + Session-Expires), flagged; unanswered calls without a final
   response as `timeout`.
+- Two clocks: a call's times are its capture agent's (HEP timestamps), `expire`'s `now` is the
+  caller's. When `feed` is also given the receive time, each call keeps the offset between the
+  two (at its latest packet) and is expired on its own capture clock (`now` − offset): an
+  agent whose clock is hours off (a failed NTP sync) neither has its calls closed at once as
+  overdue — billed `max_duration` each — nor held past their time. Without receive times
+  (capture replay, where `now` is itself capture time) the offset is 0.
 
 The transitions live in `sip.transitions.TRANSITIONS`; this module classifies messages and
 carries out effects. Time is always passed in, never read; nothing here logs or raises on
@@ -43,7 +49,7 @@ __all__ = [
 
 # Bump when the export layout changes. Format 1 (a JSON object per call) is still read, so a
 # snapshot written before an upgrade restores after it; restore refuses anything else.
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: each call's clock offset (`skew`) after its legs; 2 reads as offset 0
 _STATE_MAGIC = "vmgated.sip.dialog"
 _STATE_CHUNK = 2_000  # calls per json.dumps call: the GIL is free between two (see encode_state)
 
@@ -99,7 +105,7 @@ class _Call:
     __slots__ = (
         "answer", "call_id", "callee", "caller", "cancelled", "capture_ids", "code",
         "correlation_id", "from_tag", "hops", "last_ts", "legs", "refresh_cseq",
-        "refresh_ts", "session_expires", "start",
+        "refresh_ts", "session_expires", "skew", "start",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +130,7 @@ class _Call:
         self.refresh_ts = 0
         self.refresh_cseq = -1  # CSeq of the last refreshing request (-1: the initial INVITE)
         self.session_expires: int | None = None
+        self.skew = 0  # receive time − capture time at the packet that set last_ts (µs)
 
 
 class _Dialog:
@@ -205,8 +212,13 @@ class Tracker:
         dst: Addr,
         capture_id: int | None = None,
         correlation_id: str | None = None,
+        received_us: int | None = None,
     ) -> list[CallRecord]:
-        """Account for one captured message; returns the calls it finished (usually none)."""
+        """Account for one captured message; returns the calls it finished (usually none).
+
+        `received_us`: when the message reached us, on the clock `expire` is given (see the
+        module doc); None means that clock is the capture clock.
+        """
         dialogs = self._dialogs
         d = dialogs.get((msg.call_id, msg.from_tag))
         forward = True
@@ -214,7 +226,7 @@ class Tracker:
             d = dialogs.get((msg.call_id, msg.to_tag))
             forward = False
         if d is None:
-            self._new_dialog(msg, ts_us, src, dst, capture_id, correlation_id)
+            self._new_dialog(msg, ts_us, src, dst, capture_id, correlation_id, received_us)
             return []
         if d.state is _S_ENDED:
             self.stats.late += 1
@@ -223,6 +235,8 @@ class Tracker:
         assert call is not None  # only ENDED dialogs drop their call
         if ts_us > call.last_ts:
             call.last_ts = ts_us
+            if received_us is not None:
+                call.skew = received_us - ts_us
         if capture_id is not None and capture_id not in call.capture_ids:
             _add_capture_id(call, capture_id)
 
@@ -233,11 +247,13 @@ class Tracker:
         d.state, effect = step
         if effect == Effect.NONE:
             return []
-        return self._apply(effect, msg, d, call, ts_us, src, dst, capture_id)
+        # Lingering runs on `expire`'s clock, like everything `expire` compares.
+        now = ts_us if received_us is None else received_us
+        return self._apply(effect, msg, d, call, ts_us, now, src, dst, capture_id)
 
     def _new_dialog(
         self, msg: SipMessage, ts: int, src: Addr, dst: Addr, capture_id: int | None,
-        correlation_id: str | None,
+        correlation_id: str | None, received_us: int | None,
     ) -> None:  # fmt: skip
         method = msg.method
         st = self.stats
@@ -265,6 +281,8 @@ class Tracker:
                 msg.call_id, msg.from_tag or "", msg.from_user, msg.ruri_user or "", ts,
                 correlation_id,
             )  # fmt: skip
+            if received_us is not None:
+                call.skew = received_us - ts
             self._active[key] = call
             self._index(call)
             st.calls += 1
@@ -274,6 +292,8 @@ class Tracker:
                 call.start = ts
             if ts > call.last_ts:
                 call.last_ts = ts
+                if received_us is not None:
+                    call.skew = received_us - ts
         d = _Dialog(key, call, msg.cseq_num, _shared(_ADDRS, src))
         call.legs = (*call.legs, d)
         self._dialogs[key] = d
@@ -327,8 +347,8 @@ class Tracker:
         return Event.OTHER
 
     def _apply(
-        self, effect: int, msg: SipMessage, d: _Dialog, call: _Call, ts: int, src: Addr,
-        dst: Addr, capture_id: int | None,
+        self, effect: int, msg: SipMessage, d: _Dialog, call: _Call, ts: int, now: int,
+        src: Addr, dst: Addr, capture_id: int | None,
     ) -> list[CallRecord]:  # fmt: skip
         if effect == Effect.HOP:
             if ts < call.start:
@@ -371,19 +391,19 @@ class Tracker:
             if d is not call.legs[0]:
                 # A B2BUA's outgoing leg failed; it may try another route. The call fails only
                 # when its first leg is rejected.
-                self._drop_leg(d, ts)
+                self._drop_leg(d, now)
                 return []
             call.code = msg.status
             end = ts
             if d.reject_code == msg.status and d.reject_ts and d.reject_ts < ts:
                 end = d.reject_ts  # first copy of the same rejection, captured downstream
-            return [self._finish(call, end, ts, ())]
+            return [self._finish(call, end, now, ())]
         elif effect == Effect.NOTE_CANCEL:
             call.cancelled = True
         elif effect == Effect.END:
-            return [self._finish(call, ts, ts, ())]
+            return [self._finish(call, ts, now, ())]
         elif effect == Effect.END_GONE:
-            return [self._finish(call, ts, ts, (f"ended_by_{msg.status}",))]
+            return [self._finish(call, ts, now, (f"ended_by_{msg.status}",))]
         elif effect == Effect.REFRESH:
             # Copies of one refreshing 2xx keep its first capture time; a newer one moves on.
             if msg.cseq_num != call.refresh_cseq:
@@ -438,13 +458,16 @@ class Tracker:
         self._linger[d.key] = now
 
     def expire(self, now_us: int) -> list[CallRecord]:
-        """Close every overdue call as of `now_us` (capture time) and forget lingering dialogs.
+        """Close every overdue call as of `now_us` and forget lingering dialogs.
 
-        Cost is one pass over the calls in progress; call it about once a second.
+        `now_us` is on the clock of `feed`'s `received_us` (the capture clock when there is
+        none); each call is judged on its own capture clock, `now_us` − its offset. Cost is one
+        pass over the calls in progress; call it about once a second.
         """
         out: list[CallRecord] = []
         for call in list(self._active.values()):
             first = call.legs[0]
+            now = now_us - call.skew
             if call.answer is not None:
                 deadline = call.answer + self.max_duration_us
                 flag = "max_duration"
@@ -452,15 +475,15 @@ class Tracker:
                     se_end = call.refresh_ts + call.session_expires * 1_000_000
                     if se_end < deadline:
                         deadline, flag = se_end, "session_expired"
-                if now_us >= deadline:
+                if now >= deadline:
                     out.append(self._finish(call, deadline, now_us, (flag,)))
             elif first.state is State.CHALLENGED:
                 # The retry after 401/407 comes within a round trip; a caller that never sends
                 # it has failed with the challenge code.
-                if now_us >= call.last_ts + self.linger_us:
+                if now >= call.last_ts + self.linger_us:
                     call.code = first.reject_code
                     out.append(self._finish(call, first.reject_ts, now_us, ()))
-            elif now_us >= call.last_ts + self.setup_timeout_us:
+            elif now >= call.last_ts + self.setup_timeout_us:
                 if first.state is State.REJECTED:
                     # The rejection never reached the caller in this capture: it is final anyway.
                     call.code = first.reject_code
@@ -576,7 +599,11 @@ class Tracker:
         """One streamed element: a call in progress or a lingering dialog."""
         if member.name == "calls":
             row = member.value
-            self._restore_call(row if version == STATE_FORMAT else _row_of_v1(row))
+            if version == 1:
+                row = [*_row_of_v1(row), 0]
+            elif version == 2:
+                row = [*row, 0]  # no clock offset was kept: the capture clock is ours
+            self._restore_call(row)
             return
         call_id, from_tag, ended = member.value
         key = (str(call_id), from_tag)
@@ -586,10 +613,10 @@ class Tracker:
         self._linger[key] = int(ended)
 
     def _restore_call(self, row: list[Any]) -> None:
-        """Rebuild one call in progress from its format 2 row (see `CallRow`)."""
+        """Rebuild one call in progress from its format 3 row (see `CallRow`)."""
         (call_id, from_tag, caller, callee, start, answer, code, cancelled, correlation_id,
          hops, capture_ids, last_ts, refresh_ts, refresh_cseq, session_expires,
-         legs) = row  # fmt: skip
+         legs, skew) = row  # fmt: skip
         call = _Call(call_id, from_tag, caller, callee, int(start), correlation_id)
         call.answer = answer
         call.code = int(code)
@@ -601,6 +628,7 @@ class Tracker:
         call.refresh_ts = int(refresh_ts)
         call.refresh_cseq = int(refresh_cseq)
         call.session_expires = session_expires
+        call.skew = int(skew)
         for key0, key1, state, invite_cseq, to_tag, origin_ip, origin_port, rcode, rts in legs:
             key = (str(key0), key1)
             d = _Dialog(
@@ -631,12 +659,12 @@ class TrackerState(NamedTuple):
 # (~360 B per call in all). Format 2 writes it flat, as one JSON array: the call's fields
 # (hops as [src ip, src port, dst ip, dst port, capture id]), then the live (not ENDED) legs
 # as [Call-ID, From-tag, state name, INVITE CSeq, To-tag, origin ip, origin port, reject
-# code, reject ts].
+# code, reject ts]; format 3 adds the call's clock offset after the legs.
 CallRow = tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...]]
 _CALL_FIELDS = attrgetter(
     "call_id", "from_tag", "caller", "callee", "start", "answer", "code", "cancelled",
     "correlation_id", "hops", "capture_ids", "last_ts", "refresh_ts", "refresh_cseq",
-    "session_expires",
+    "session_expires", "skew",
 )  # fmt: skip
 _HOPS_AT = 9  # index of the hops in _CALL_FIELDS
 _LEG_FIELDS = attrgetter(
@@ -659,12 +687,13 @@ def _call_json(row: CallRow) -> list[Any]:
     return [
         *call[:_HOPS_AT],
         [[*h.src, *h.dst, h.capture_id] for h in call[_HOPS_AT]],
-        *call[_HOPS_AT + 1 :],
+        *call[_HOPS_AT + 1 : -1],
         [
             [key[0], key[1], state.name, cseq, to_tag, origin[0], origin[1], rcode, rts]
             for key, state, cseq, to_tag, origin, rcode, rts in legs
             if state is not _S_ENDED
         ],
+        call[-1],  # skew
     ]
 
 
@@ -696,8 +725,8 @@ def _check_head(head: dict[str, Any]) -> int:
     if head.get("format") != _STATE_MAGIC:
         raise StateError("not a vmgated dialog state")
     version = head.get("version")
-    if version not in (1, STATE_FORMAT):
-        raise StateError(f"dialog state format {version!r}; this build reads 1 and {STATE_FORMAT}")
+    if version not in (1, 2, STATE_FORMAT):
+        raise StateError(f"dialog state format {version!r}; this build reads 1 to {STATE_FORMAT}")
     return int(version)
 
 

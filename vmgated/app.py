@@ -58,7 +58,7 @@ TICK_S = 1.0
 
 
 def now_us() -> int:
-    """Wall clock in EpochUs (only for expiring idle dialogs; call times come from HEP)."""
+    """Wall clock in EpochUs: receive times and expiry (call times come from HEP)."""
     return time.time_ns() // 1000
 
 
@@ -178,7 +178,8 @@ class App:
 
     def _replay(self, recovered: Recovered) -> int:
         """Feed the journalled datagrams through the pipeline again, in order, in batches."""
-        feeds = {HEP: self.pipeline.feed_hep, CDR: self.pipeline.feed_cdr}
+        feeds = {HEP: partial(self.pipeline.feed_hep, replaying=True),
+                 CDR: self.pipeline.feed_cdr}
         senders: dict[str, Addr] = {}  # a proxy sends from a handful of addresses
         batch: list[tuple[bytes, Addr]] = []
         kind = HEP

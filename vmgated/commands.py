@@ -373,6 +373,7 @@ class Commands:
             app.counters,
             lambda item, tx: session.submitted.append(tx),
             lambda: session.last_ts,
+            capture_clocked=True,
         ))
         self.replays[session_id] = session
         return {"session": session_id}

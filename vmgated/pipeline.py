@@ -30,6 +30,7 @@ from vmgated.config import Config
 from vmgated.metrics import Counters
 
 SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
+SKEW_WARN_US = 60_000_000  # a capture clock this far from ours is worth a warning
 LOG_EVERY = 10.0  # seconds between two drop warnings (as the listeners do)
 INTERNAL_ERROR = "internal_error"  # vmgated_packets_total result of a datagram that hit a bug
 
@@ -70,8 +71,12 @@ class Pipeline:
         counters: Counters,
         sink: Callable[[Billable, Transaction], None],
         clock_us: Callable[[], int],
+        capture_clocked: bool = False,
     ) -> None:
+        """`clock_us` is what `expire` runs on; `capture_clocked` says it is itself capture
+        time (a `vmgatectl replay` session), so there is no receive time to keep per call."""
         self.runtime = runtime
+        self.capture_clocked = capture_clocked
         self.tracker = tracker
         self.counters = counters
         self.sink = sink
@@ -79,13 +84,23 @@ class Pipeline:
         self._unlogged: dict[tuple[str, str], int] = {}
         self._last_log = -LOG_EVERY
         self._last_failure = -LOG_EVERY
+        self._last_skew_log = -LOG_EVERY
 
     # -- input -------------------------------------------------------------------------
-    def feed_hep(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
-        """Process a batch of HEP datagrams (already filtered by the source allow-list)."""
+    def feed_hep(self, batch: Iterable[tuple[bytes, Addr]], replaying: bool = False) -> None:
+        """Process a batch of HEP datagrams (already filtered by the source allow-list).
+
+        `replaying`: the batch comes from the journal at a restart. Its receive time is then
+        the restart's, later than the real one by the downtime, which only makes its calls'
+        timeouts run late (never early); the clock warning is not given for it.
+        """
         packets = self.counters.packets
         auth_key = self.runtime.config.security.hep_auth_key
         decode, parse, feed = hep.decode, message.parse, self.tracker.feed
+        # One receive time per batch (it arrived within one loop tick): each call keeps the
+        # offset from its capture agent's clock and is expired on that clock (sip.dialog).
+        received = None if self.capture_clocked else self.clock_us()
+        ours = 0 if received is None or replaying else received  # 0: no clock check
         for data, sender in batch:
             try:
                 try:
@@ -105,8 +120,10 @@ class Pipeline:
                     self.dropped("hep", "sip_" + exc.reason, exc, sender)
                     continue
                 packets[("hep", "ok")] += 1
+                if ours and not -SKEW_WARN_US < ours - pkt.ts_us < SKEW_WARN_US:
+                    self._skewed(ours - pkt.ts_us, sender, pkt.capture_id)
                 records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id,
-                               pkt.correlation_id)
+                               pkt.correlation_id, received)
                 if records:
                     for record in records:
                         try:
@@ -143,6 +160,22 @@ class Pipeline:
         self.counters.count_packets("sip", "ok")
         for record in self.tracker.feed(msg, ts_us, src, dst, None, None):
             self.bill(Billable("", record))
+
+    def _skewed(self, skew_us: int, sender: Addr, capture_id: int | None) -> None:
+        """Say (at most every LOG_EVERY seconds) that a capture agent's clock is off.
+
+        Billing is right either way (call times are the agent's, timeouts run on each call's
+        own clock), but an operator wants to know: CDR times are off by as much.
+        """
+        now = time.monotonic()
+        if now - self._last_skew_log < LOG_EVERY:
+            return
+        self._last_skew_log = now
+        side = "behind" if skew_us > 0 else "ahead of"
+        log.warning("capture agent %s:%s (capture id %s): its clock is %.0f s %s ours; call "
+                    "times are its clock's, so its CDR times are off by as much (billing is "
+                    "not: durations and timeouts run on each call's own clock)",
+                    sender[0], sender[1], capture_id, abs(skew_us) / 1e6, side)
 
     def dropped(self, input_name: str, reason: str, detail: object, sender: Addr) -> None:
         """Count a dropped datagram; log a summary at most every LOG_EVERY seconds."""

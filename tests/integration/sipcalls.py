@@ -29,8 +29,8 @@ TRUNK: Addr = ("127.0.0.11", 5060)
 PROXY: Addr = ("127.0.0.1", 5060)
 GATEWAY: Addr = ("127.0.0.21", 5060)
 S = 1_000_000  # microseconds per second
-# Call times near the wall clock: the daemon closes dialogs older than calls.max_duration by
-# the wall clock, so synthetic calls must look live. Whole seconds keep expected values exact.
+# Call times near the wall clock (10 min behind, like a slightly wrong capture agent: the
+# daemon expires each call on its own capture clock). Whole seconds keep values exact.
 BASE = (time.time_ns() // 1000 // S - 600) * S
 
 

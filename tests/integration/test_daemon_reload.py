@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -186,17 +187,18 @@ def test_reload_applies_a_changed_source_allow_list_to_open_sockets(env: Env) ->
 
 
 def test_reload_applies_a_shorter_max_duration_to_calls_in_progress(env: Env) -> None:
-    start = BASE - 1800 * S  # 40 min ago: within 3h, beyond 20 min
-    c = Call("long", start=start, answer=start + 2 * S, end=None)
+    c = Call("long", answer=BASE + 2 * S, end=None)
     send(env.hep_port, to_hep(setup_messages(c)))
     wait_for(lambda: env.ctl_json("status")["active_calls"] == 1)
+    time.sleep(3.5)  # up for longer than the 3 s it will be allowed, on its own clock too
+    assert env.ctl_json("status")["active_calls"] == 1  # 3h: still up
     text = env.config.read_text()
-    shorter = text.replace("calls: {max_duration: 3h}", "calls: {max_duration: 20m}")
+    shorter = text.replace("calls: {max_duration: 3h}", "calls: {max_duration: 3s}")
     assert shorter != text
     env.config.write_text(shorter)
     assert env.ctl("reload").stdout.strip() == "reloaded"
     (closed,) = env.wait_calls(1)
-    assert (closed["flags"], closed["billsec"]) == (["max_duration"], 1200)
+    assert (closed["flags"], closed["billsec"]) == (["max_duration"], 3)
 
 
 def test_reloads_asked_at_once_run_one_after_the_other(env: Env) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -170,15 +171,37 @@ def test_same_hep_resent_after_restart_bills_nothing_twice(env: Env) -> None:
     assert env.ctl("ledger", "verify").returncode == 0
 
 
-def test_call_whose_bye_never_comes_is_closed_at_max_duration_and_flagged(env: Env) -> None:
-    start = BASE - 4 * 3600 * S  # older than calls.max_duration (3h) by the wall clock
-    c = Call("no-bye", start=start, answer=start + 5 * S, end=None)
+def test_call_whose_bye_never_comes_is_closed_at_max_duration_and_flagged(
+    tmp_path: Path,
+) -> None:
+    e = make_env(tmp_path, start=False)
+    e.config.write_text(e.config.read_text().replace("calls: {max_duration: 3h}",
+                                                     "calls: {max_duration: 3s}"))
+    e.daemon.start()
+    try:
+        c = Call("no-bye", answer=BASE + 5 * S, end=None)
+        send_setup(e, c)
+        (closed,) = e.wait_calls(1)
+        assert closed["flags"] == ["max_duration"]
+        assert closed["billsec"] == 3 and closed["end"] == format_time(BASE + 5 * S + 3 * S)
+        assert active(e) == 0
+    finally:
+        e.daemon.stop()
+
+
+def test_a_capture_agent_hours_behind_is_billed_for_the_true_duration(env: Env) -> None:
+    # Its calls used to be closed at the first tick as max_duration: 3 h billed for each.
+    start = BASE - 4 * 3600 * S
+    c = Call("behind", start=start, answer=start + 3 * S, end=start + 63 * S)
     send_setup(env, c)
-    (closed,) = env.wait_calls(1)
-    assert closed["flags"] == ["max_duration"]
-    assert closed["billsec"] == 3 * 3600 and closed["end"] == format_time(start + 5 * S +
-                                                                         3 * 3600 * S)
-    assert active(env) == 0
+    wait_for(lambda: active(env) == 1)
+    time.sleep(2.5)  # two ticks of expiry
+    assert active(env) == 1 and env.calls() == []
+    send_teardown(env, c)
+    (billed,) = env.wait_calls(1)
+    assert (billed["billsec"], billed["flags"]) == (60, [])
+    warned = re.search(r"capture id 101\): its clock is (\d+) s behind ours", env.daemon.logs())
+    assert warned is not None and int(warned.group(1)) >= 4 * 3600
 
 
 def test_sigterm_commits_a_finished_call_at_once_even_inside_a_long_commit_window(

@@ -549,12 +549,69 @@ def format_1_scenario() -> Wire:
 def test_a_snapshot_written_before_the_upgrade_restores_as_the_same_state() -> None:
     restored = Tracker.restore_state(FORMAT_1)
     assert restored.export_state() == format_1_scenario().tracker.export_state()
-    assert STATE_FORMAT == 2
+    assert STATE_FORMAT == 3
     w = Wire(tracker=restored)
     w.down(request("BYE", 2, to_tag="callee-tag"), T0 + 62 * S)
     r = only(w.records)
     assert (r.call_id, r.answer, r.billsec) == ("call-1@10.0.0.1", T0 + 2 * S, 60)
     assert restored.feed(parse(request("INVITE", 1, call_id="busy")), T0 + 6 * S, UAC, PROXY) == []
+
+
+def test_a_format_2_snapshot_restores_with_no_clock_offset() -> None:
+    w = format_1_scenario()
+    doc = json.loads(w.tracker.export_state())
+    assert doc["version"] == 3 and all(row[-1] == 0 for row in doc["calls"])
+    doc["version"] = 2
+    doc["calls"] = [row[:-1] for row in doc["calls"]]  # format 2 had no offset after the legs
+    restored = Tracker.restore_state(json.dumps(doc).encode())
+    assert restored.export_state() == w.tracker.export_state()
+
+
+HOURS_4 = 4 * 3600 * S
+
+
+def _fed(tracker: Tracker, raw: bytes, ts: int, skew: int) -> list[CallRecord]:
+    """Feed one message captured at `ts` (the agent's clock) and received at ts + skew."""
+    return tracker.feed(parse(raw), ts, UAC, UAS, None, None, received_us=ts + skew)
+
+
+@pytest.mark.parametrize("skew", [HOURS_4, -HOURS_4, 0])
+def test_each_call_is_expired_on_its_own_capture_clock(skew: int) -> None:
+    # An agent 4 h behind used to have every answered call closed at the next tick as
+    # max_duration (billed 1 h here, 3 h by default) and every ringing call as a timeout.
+    t = Tracker(max_duration_us=3600 * S)
+    assert _fed(t, request("INVITE", 1), T0, skew) == []
+    assert _fed(t, response(200, 1), T0 + 2 * S, skew) == []
+    assert _fed(t, request("INVITE", 1, call_id="ringing"), T0 + 5 * S, skew) == []
+    wall = T0 + skew  # our clock when the agent's says T0
+    assert t.expire(wall + 60 * S) == []  # a minute in: nothing is overdue on either clock
+    timed_out = only(t.expire(wall + 5 * S + 300 * S))  # the ringing call's setup timeout
+    assert (timed_out.call_id, timed_out.flags) == ("ringing", ("setup_timeout",))
+    assert t.expire(wall + 2 * S + 3599 * S) == []
+    closed = only(t.expire(wall + 2 * S + 3600 * S))
+    assert closed.flags == ("max_duration",) and closed.billsec == 3600
+
+
+def test_a_skewed_call_ends_at_its_bye_with_its_own_times_and_lingers_on_our_clock() -> None:
+    t = Tracker(max_duration_us=3600 * S)
+    _fed(t, request("INVITE", 1), T0, -HOURS_4)
+    _fed(t, response(200, 1), T0 + 2 * S, -HOURS_4)
+    assert t.expire(T0 - HOURS_4 + 30 * S) == []
+    r = only(_fed(t, request("BYE", 2, to_tag="callee-tag"), T0 + 62 * S, -HOURS_4))
+    assert (r.start, r.answer, r.end, r.billsec) == (T0, T0 + 2 * S, T0 + 62 * S, 60)
+    # A late copy of the BYE is absorbed for linger_us of *our* time, then forgotten.
+    t.expire(T0 - HOURS_4 + 62 * S + t.linger_us - S)
+    assert _fed(t, request("BYE", 2, to_tag="callee-tag"), T0 + 63 * S, -HOURS_4) == []
+    assert t.stats.late == 1
+
+
+def test_the_clock_offset_survives_a_snapshot() -> None:
+    t = Tracker(max_duration_us=3600 * S)
+    _fed(t, request("INVITE", 1), T0, HOURS_4)
+    _fed(t, response(200, 1), T0 + 2 * S, HOURS_4)
+    restored = Tracker.restore_state(t.export_state(), max_duration_us=3600 * S)
+    assert restored.expire(T0 + HOURS_4 + 3601 * S) == []
+    assert only(restored.expire(T0 + HOURS_4 + 3602 * S)).billsec == 3600
 
 
 def test_a_capture_is_the_state_at_that_moment_whatever_is_fed_after() -> None:
@@ -663,3 +720,30 @@ def test_any_sequence_bills_each_call_at_most_once(
         assert r.answer is None or r.start <= r.answer
         assert (r.answer is not None) == (r.disposition is Disposition.ANSWERED)
     assert len(t) == 0 and not t._dialogs
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_POOL) - 1), st.integers(0, 10 * S), st.booleans()),
+        max_size=30,
+    ),
+    st.integers(-10 * 86_400 * S, 10 * 86_400 * S),
+)
+def test_a_constant_clock_offset_changes_no_record(
+    steps: list[tuple[int, int, bool]], skew: int
+) -> None:
+    """Fed with receive times `skew` off the capture times, and expired on that clock, the
+    tracker closes the same calls at the same moments with the same records as without."""
+    plain = Tracker(max_duration_us=60 * S, setup_timeout_us=20 * S)
+    skewed = Tracker(max_duration_us=60 * S, setup_timeout_us=20 * S)
+    now = T0
+    for idx, dt, tick in steps:
+        now += dt
+        msg, src, dst = _PARSED[idx]
+        a = plain.feed(msg, now, src, dst, 1, None)
+        b = skewed.feed(msg, now, src, dst, 1, None, received_us=now + skew)
+        assert a == b
+        if tick:
+            assert plain.expire(now) == skewed.expire(now + skew)
+    assert plain.expire(now + 3600 * S) == skewed.expire(now + 3600 * S + skew)
+    assert len(skewed) == 0
