@@ -256,6 +256,9 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
+FILE_MODE = 0o640  # a new ledger file's permissions (before the umask)
+
+
 class _Opened:
     __slots__ = ("balances", "ckpt_seq", "head_hash", "head_seq", "used_rates")
 
@@ -323,6 +326,9 @@ class Ledger:
                 "must be ≥ 1, batch_ms ≥ 0"
             )
         spath = os.fspath(path)
+        # Created owner/group-only, as the journal is: it holds every caller's number. SQLite
+        # gives its -wal and -shm files the database file's permissions.
+        os.close(os.open(spath, os.O_RDWR | os.O_CREAT, FILE_MODE))
         opened = await asyncio.to_thread(_Opened, spath)
         conn = await aiosqlite.connect(spath, isolation_level=None)
         try:

@@ -89,7 +89,7 @@ class App:
     async def start(self) -> None:
         """Bind the listeners, open the ledger, recover dialog state, then start reading."""
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         # Bound before recovery, read after it: datagrams that arrive while a restart restores
         # its dialogs and replays its journal (seconds at 100,000 calls in progress) wait in
         # the kernel's receive buffer instead of being refused.

@@ -142,7 +142,7 @@ class Journal:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "dialogs"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._gen = 0
         self._fd = -1
         self._next_due = 0.0
@@ -261,7 +261,8 @@ class Journal:
         while the loop appends to journal `gen`. The GIL is released between pieces.
         """
         tmp = self.dir / "snapshot.tmp"
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # as the journal
+        with open(fd, "wb") as f:
             f.write(_SNAP_MAGIC + gen.to_bytes(4, "big"))
             for piece in pieces:
                 f.write(piece)

@@ -296,3 +296,16 @@ def test_journal_of_hep_and_cdr_interleaved_is_replayed_in_order_at_start(
         assert "recovered 0 pending calls and" in e.daemon.logs()
     finally:
         e.daemon.stop()
+
+
+def test_state_files_are_not_world_readable_whatever_the_umask(env: Env) -> None:
+    # They hold every caller's number. Under systemd UMask=0007 covers it; by hand (the
+    # README's first command, umask 022) the ledger and the snapshot used to be 0644.
+    env.send(Call("perms"))
+    env.wait_calls(1)
+    assert env.daemon.stop() == 0  # leaves a snapshot
+    var = env.dir / "var"
+    files = [var / "ledger.db", var / "dialogs" / "snapshot",
+             *(var / "dialogs").glob("journal.*")]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [var, var / "dialogs", *files]}
+    assert all(mode & 0o007 == 0 for mode in modes.values()), modes
