@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import logging
+import os
 import signal
 import sqlite3
 import time
@@ -82,6 +84,7 @@ class App:
         self.gc_clock = GcClock()
         # One reload at a time: a second SIGHUP (or `vmgatectl reload`) waits for the first.
         self._reload_lock = asyncio.Lock()
+        self._state_lock = -1  # fd holding state_dir/vmgated.lock while running
         self._journal_warned = -LOG_EVERY  # when a journal write failure was last logged
         self._tick_warned: dict[str, float] = {}  # tick step -> when its failure was logged
 
@@ -90,6 +93,7 @@ class App:
         """Bind the listeners, open the ledger, recover dialog state, then start reading."""
         cfg = self.config
         cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self._state_lock = lock_state_dir(cfg.state_dir)
         # Bound before recovery, read after it: datagrams that arrive while a restart restores
         # its dialogs and replays its journal (seconds at 100,000 calls in progress) wait in
         # the kernel's receive buffer instead of being refused.
@@ -148,6 +152,13 @@ class App:
         if journal is not None:
             journal.close()
         self.gc_clock.uninstall()
+        self._release_state_dir()
+
+    def _release_state_dir(self) -> None:
+        fd = self._state_lock
+        if fd >= 0:
+            os.close(fd)  # releases the flock
+            self._state_lock = -1
 
     async def _recover(self) -> None:
         """Open the ledger, load the dialog snapshot, bill what was pending, replay the journal."""
@@ -607,6 +618,34 @@ class App:
             self.checkpoint()
             self.journal.close()
             self.gc_clock.uninstall()
+            self._release_state_dir()
+
+
+class StateDirBusy(OSError):
+    """Another vmgated holds the state directory."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take `state_dir/vmgated.lock` for this process (a held fd; the kernel frees it at
+    exit, `kill -9` included); raise StateDirBusy naming the holder's pid if another has it.
+
+    Two daemons on one state dir would append to the same journal generations and replace
+    each other's dialog snapshots: the crash-recovery state of both would be garbage. The
+    control socket does not catch it when the two configs name different sockets.
+    """
+    fd = os.open(state_dir / "vmgated.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusy(
+            f"state dir {state_dir} is in use by another vmgated (pid {holder}); stop it, "
+            "or give this one a state_dir of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class _Balances:

@@ -90,3 +90,39 @@ def test_a_ledger_file_that_is_not_a_database_is_named_and_the_start_fails(
     assert "cannot start: ledger " in done.stderr, done.stderr
     assert "ledger.db: file is not a database" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    # Different ports and control socket, same state_dir: nothing else would stop it, and the
+    # two would append to the same journal and replace each other's dialog snapshots.
+    from tests.e2e.daemon import Vmgated
+
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    hep, metrics = free_port(), free_port(socket.SOCK_STREAM)
+    first = Vmgated(write_config(first_dir, hep_port=hep, metrics_port=metrics),
+                    hep_port=hep, metrics_port=metrics).start()
+    try:
+        config = write_config(second_dir, hep_port=free_port(),
+                              metrics_port=free_port(socket.SOCK_STREAM))
+        text = config.read_text().replace("state_dir: ./var", f"state_dir: {first_dir / 'var'}")
+        config.write_text(text.replace("control: ./var/control.sock", "control: ./control.sock"))
+        done = run_daemon(config)
+        assert done.returncode == 1, done.stderr
+        assert f"cannot start: state dir {first_dir / 'var'} is in use by another vmgated " \
+               f"(pid {first.proc.pid})" in done.stderr, done.stderr  # type: ignore[union-attr]
+        assert "Traceback" not in done.stderr
+        assert first.ctl("status", check=False).returncode == 0  # the first one is untouched
+    finally:
+        first.stop()
+    # Released at exit (kill -9 too: the kernel drops the lock with the process).
+    assert run_daemon_briefly(config)
+
+
+def run_daemon_briefly(config: Path) -> bool:
+    """Start vmgated, see it become ready (control socket up), stop it; True if it did."""
+    from tests.e2e.daemon import Vmgated
+
+    daemon = Vmgated(config).start()
+    return daemon.stop() == 0
