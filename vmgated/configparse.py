@@ -193,12 +193,14 @@ class Reader:
         return self.doc.raw.get(sub, str(value))
 
     def ident(self, m: Mapping[str, Any], key: str, path: str) -> str | None:
-        """A required identifier: non-empty, no whitespace (ids appear in metrics labels)."""
+        """A required identifier: non-empty, no whitespace or control characters (ids appear
+        in metrics labels, log lines and vmgatectl's tables, where an ESC would be obeyed)."""
         value = self.text(m, key, path)
         if value is None:
             return None
-        if not value or any(c.isspace() for c in value):
-            self.problem(child(path, key), f"{value!r} must be a non-empty id without spaces")
+        if not value or any(c.isspace() or not c.isprintable() for c in value):
+            self.problem(child(path, key), f"{value!r} must be a non-empty id without spaces "
+                         "or control characters")
             return None
         return value
 

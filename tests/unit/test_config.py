@@ -321,6 +321,14 @@ def test_max_duration_longer_than_a_week_is_refused(tmp_path: Path) -> None:
     assert config.calls.max_duration_us == 7 * 86_400 * 1_000_000
 
 
+@pytest.mark.parametrize("ident", ['"ac me"', '"ac\\x1b[31mme"', '"ac\\nme"', '""'])
+def test_ids_with_spaces_or_control_characters_are_refused(tmp_path: Path, ident: str) -> None:
+    text = edit("- id: acme", f"- id: {ident}")
+    problems = refusals(tmp_path, text)
+    assert any(p.endswith("must be a non-empty id without spaces or control characters")
+               for p in problems), problems
+
+
 def test_duration_refusal_is_located(tmp_path: Path) -> None:
     text = edit("{max_duration: 3h}", "{max_duration: 3 hours}")
     refused(
