@@ -292,3 +292,14 @@ def test_render_table_aligns_numbers_right_and_text_left() -> None:
         "a      5  44",
         "bbb   10  4420",
     ]
+
+
+def test_render_table_shows_control_characters_as_text() -> None:
+    # A caller from the wire ("\x1b[2J" clears a terminal) must not reach the terminal raw.
+    table = render_table(["caller", "n"], [["\x1b[2Jevil\nline", 1], ["plain", 22]])
+    assert table.splitlines() == [
+        "caller              n",
+        "\\x1b[2Jevil\\nline   1",
+        "plain              22",
+    ]
+    assert "\x1b" not in table

@@ -58,7 +58,12 @@ def _cell(value: object) -> str:
         return "yes" if value else "no"
     if isinstance(value, Decimal):
         return format_decimal(value)
-    return str(value)
+    text = str(value)
+    if not text.isprintable():
+        # Callers and callees come from the wire (SIP users, CDR lines): an ESC sequence in
+        # one must show as text, not be obeyed by the clerk's terminal.
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text
 
 
 def format_decimal(value: Decimal) -> str:
