@@ -693,8 +693,12 @@ def _give_way(queued: Callable[[], int]) -> None:
         time.sleep(GIVE_WAY_S)
 
 
-async def serve(config_path: Path) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code."""
+async def serve(config_path: Path, reload_asked: Callable[[], bool] = lambda: False) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit code.
+
+    `reload_asked`: whether a SIGHUP came before the daemon was ready (`vmgated.main` notes
+    them from its first line); one reload is then run right after start.
+    """
     try:
         config = load_config(config_path)
     except (ConfigError, OSError) as exc:
@@ -725,6 +729,9 @@ async def serve(config_path: Path) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if reload_asked():
+        log.info("a reload was asked while starting: reloading now")
+        on_hup()
     systemd.ready()
     systemd.status("listening")
     log.info("vmgated ready: hep %s, metrics %s:%d, control %s",
@@ -736,11 +743,11 @@ async def serve(config_path: Path) -> int:
     return 0
 
 
-def run(config_path: Path) -> int:
+def run(config_path: Path, reload_asked: Callable[[], bool] = lambda: False) -> int:
     """Entry point used by `vmgated.main`: uvloop when available."""
     try:
         import uvloop
 
-        return uvloop.run(serve(config_path))
+        return uvloop.run(serve(config_path, reload_asked))
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency
-        return asyncio.run(serve(config_path))
+        return asyncio.run(serve(config_path, reload_asked))

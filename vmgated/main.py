@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 DEFAULT_CONFIG = "/etc/vmgated/vmgated.yaml"
+_reload_asked: list[int] = []  # SIGHUPs that came before the daemon was ready
+
+
+def _remember_reload(signum: int, frame: FrameType | None) -> None:
+    _reload_asked.append(signum)
 
 
 def config_path(arg: str | None) -> Path:
@@ -18,6 +25,10 @@ def config_path(arg: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, load the config and run the daemon until SIGTERM."""
+    # First thing: SIGHUP's default action is to end the process, and a start can take
+    # seconds (decks, a journal replay after kill -9). A reload asked meanwhile is carried
+    # out once the daemon is ready instead of killing it.
+    signal.signal(signal.SIGHUP, _remember_reload)
     parser = argparse.ArgumentParser(prog="vmgated", description="SIP edge billing daemon")
     parser.add_argument("--config", help=f"YAML config (default $VMGATED_CONFIG, {DEFAULT_CONFIG})")
     parser.add_argument("--log-level", default=os.environ.get("VMGATED_LOG_LEVEL", "INFO"))
@@ -30,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from vmgated.app import run  # imported late: --help must not need uvloop
 
-    return run(config_path(args.config))
+    return run(config_path(args.config), lambda: bool(_reload_asked))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -211,3 +213,29 @@ def test_reloads_asked_at_once_run_one_after_the_other(env: Env) -> None:
     env.send(call_at("after-three", 0))
     env.wait_calls(1)
     assert customer_leg(env, "after-three")["amount"] == "0.012000"
+
+
+def test_a_sighup_while_starting_is_a_reload_once_ready_not_a_kill(tmp_path: Path) -> None:
+    # SIGHUP's default action ends a process, and a start takes seconds with big decks or a
+    # journal to replay: a reload asked then (systemctl reload, a deck-publishing script) used
+    # to kill the daemon before it was ready.
+    from bench.gen_deck import make_deck
+
+    e = make_env(tmp_path, start=False)
+    e.deck("retail-a.csv").write_text(make_deck(200_000))  # ~2-3 s to load and index
+    log = tmp_path / "early-hup.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vmgated.main", "--config", str(e.config)],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.8)  # vmgated.main has installed its handler; the decks are loading
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: proc.poll() is not None or e.ctl("status", check=False).returncode == 0,
+                 timeout=60)
+        assert proc.poll() is None, log.read_text()
+        wait_for(lambda: "reloaded " in log.read_text(), timeout=60)
+        # Proof that the signal came before the daemon was ready (else nothing was tested).
+        assert "a reload was asked while starting: reloading now" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
