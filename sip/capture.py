@@ -21,6 +21,7 @@ Error policy, chosen so a replay bills everything that is readable:
 from __future__ import annotations
 
 import ipaddress
+import mmap
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from sip.hep import is_hep
 __all__ = ["CaptureError", "CaptureStats", "Datagram", "read_capture"]
 
 _NO_ADDR: Addr = ("", 0)
+# What the readers walk: bytes, or a file mapped by the caller (read without a copy, so a
+# capture of gigabytes costs page cache, not heap; slices of either are bytes).
+_Buf = bytes | mmap.mmap
 
 # pcap link types (tcpdump.org/linktypes.html)
 _LT_NULL = 0
@@ -79,14 +83,15 @@ class Datagram(NamedTuple):
 
 
 def read_capture(
-    data: bytes | memoryview, stats: CaptureStats | None = None
+    data: bytes | memoryview | mmap.mmap, stats: CaptureStats | None = None
 ) -> Iterator[Datagram]:
     """Iterate the UDP datagrams of a HEP, pcap or pcapng capture held in memory.
 
     The format is recognised by its first four bytes. See the module doc for what raises and
-    what is skipped; pass `stats` to learn the counts.
+    what is skipped; pass `stats` to learn the counts. An `mmap` of the file is read in
+    place (only a `memoryview` is copied first).
     """
-    buf = bytes(data)
+    buf: _Buf = data if isinstance(data, (bytes, mmap.mmap)) else bytes(data)
     st = stats if stats is not None else CaptureStats()
     head = buf[:4]
     if head == b"HEP3":
@@ -100,7 +105,7 @@ def read_capture(
     )
 
 
-def _read_hep(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
+def _read_hep(buf: _Buf, st: CaptureStats) -> Iterator[Datagram]:
     off = 0
     n = len(buf)
     while off < n:
@@ -120,7 +125,7 @@ def _read_hep(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
         off += length
 
 
-def _read_pcap(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
+def _read_pcap(buf: _Buf, st: CaptureStats) -> Iterator[Datagram]:
     if len(buf) < 24:
         raise CaptureError(f"offset 0: pcap header needs 24 bytes, file has {len(buf)}")
     magic = buf[:4]
@@ -148,7 +153,7 @@ def _read_pcap(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
             yield d
 
 
-def _read_pcapng(buf: bytes, st: CaptureStats) -> Iterator[Datagram]:
+def _read_pcapng(buf: _Buf, st: CaptureStats) -> Iterator[Datagram]:
     n = len(buf)
     off = 0
     endian = "<"

@@ -116,7 +116,8 @@ class ControlServer:
                 try:
                     line = await reader.readline()
                 except ValueError:  # line over REQUEST_LIMIT
-                    await _send(writer, {"ok": False, "error": "request too long"})
+                    await _send(writer, {"ok": False, "error": "request too long (a line of "
+                                         f"more than {REQUEST_LIMIT} bytes); nothing was done"})
                     return
                 if not line:
                     return
@@ -241,6 +242,19 @@ def _remove_stale(path: str) -> None:
     raise ControlError(f"another vmgated is already running (it answers on {path})")
 
 
+def _why_closed(reader: Any, cmd: str) -> str:
+    """The daemon's last word on a connection it closed while we were still sending."""
+    try:
+        line = reader.readline(RESPONSE_LIMIT)
+        message = json.loads(line) if line.endswith(b"\n") else {}
+    except (OSError, ValueError):
+        message = {}
+    error = message.get("error") if isinstance(message, dict) else None
+    if error:
+        return f"vmgated refused {cmd!r}: {error}"
+    return f"vmgated closed the control connection while {cmd!r} was being sent"
+
+
 def call(
     path: str | os.PathLike[str],
     cmd: str,
@@ -268,8 +282,13 @@ def call(
             raise ControlError(f"permission denied on {path}: run as root or as a member of "
                                "the vmgated group") from exc
         request = {"cmd": cmd, "args": dict(args or {})}
-        sock.sendall(json.dumps(request).encode() + b"\n")
         reader = sock.makefile("rb")
+        try:
+            sock.sendall(json.dumps(request).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The daemon stopped reading (a request over REQUEST_LIMIT, or it went away); it
+            # says why before it closes, if it can.
+            raise ControlError(_why_closed(reader, cmd)) from exc
         while True:
             try:
                 line = reader.readline(RESPONSE_LIMIT)

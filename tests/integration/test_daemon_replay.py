@@ -90,3 +90,23 @@ def test_idle_replay_sessions_are_reaped_and_live_ones_kept() -> None:
     assert reap_replays(sessions, now=1000.0) == ["idle"]
     assert sessions == {"live": live}
     assert reap_replays(sessions, now=1000.0 + REPLAY_IDLE_S - 1) == []
+
+
+def test_a_capture_of_megabytes_is_replayed_in_requests_the_daemon_takes(
+    env: Env, tmp_path: Path
+) -> None:
+    # 2,400 datagrams, 1.25 MB: the first 2,000-datagram request was 2.2 MB, over the control
+    # socket's 1 MiB line limit; the daemon refused it, and vmgatectl printed nothing and
+    # exited 0 (the broken pipe passed for a closed stdout).
+    big = tmp_path / "big.hep"
+    big.write_bytes(HEP_FILE.read_bytes() * 40)
+    assert replay(env, big) == {"datagrams": 2400, "billed": 5, "already_billed": 0}
+    check_answered_calls(env)
+
+
+def test_a_request_over_the_line_limit_is_an_error_that_says_so(env: Env) -> None:
+    # Refused with words whether the daemon's answer comes before the client has sent it all
+    # (a broken pipe on our side) or after.
+    with pytest.raises(control.ControlError, match=r"request too long .* nothing was done"):
+        control.call(env.dir / "var" / "control.sock", "status",
+                     {"pad": "x" * (control.REQUEST_LIMIT + 10)})

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
+import mmap
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -30,10 +32,31 @@ from vmgated.cli.main import CommandError, Commands
 from vmgated.cli.offline import leg_json, limit_arg, load, time_arg
 from vmgated.cli.output import print_json, render_table
 from vmgated.configparse import unreadable
-from vmgated.control import ControlError, DaemonNotRunning, call
+from vmgated.control import REQUEST_LIMIT, ControlError, DaemonNotRunning, call
 from vmgated.planlock import lock_problems
 
-CHUNK = 2000  # datagrams or CDR lines per control request
+T = TypeVar("T")
+CHUNK = 2000  # datagrams or CDR lines per control request, at most
+CHUNK_BYTES = REQUEST_LIMIT // 2  # and at most this much JSON: the daemon refuses a longer line
+
+
+def _chunks(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """`items` in lists of at most CHUNK items and about CHUNK_BYTES of request.
+
+    A count alone was not enough: 2,000 datagrams of a real capture make a 2.2 MB request,
+    which the daemon refuses (REQUEST_LIMIT) — and that failure used to pass for success.
+    """
+    chunk: list[T] = []
+    used = 0
+    for item in items:
+        n = size(item)
+        if chunk and (used + n > CHUNK_BYTES or len(chunk) >= CHUNK):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += n
+    if chunk:
+        yield chunk
 
 
 def register(commands: Commands) -> None:
@@ -404,14 +427,15 @@ def run_cdr_import(args: argparse.Namespace) -> int:
                                 f"at column {exc.start + 1}); CDR lines are UTF-8 JSON")
     bar = Progress("cdr import")
     totals: dict[str, Any] = {"billed": 0, "already_billed": 0, "errors": local_errors}
+    first = 0
     try:
-        for first in range(0, len(lines), CHUNK):
-            result = _ctl(config, "cdr_import",
-                          {"lines": lines[first : first + CHUNK], "first_line": first + 1})
+        for chunk in _chunks(lines, lambda line: len(json.dumps(line)) + 1):
+            result = _ctl(config, "cdr_import", {"lines": chunk, "first_line": first + 1})
             totals["billed"] += result["billed"]
             totals["already_billed"] += result["already_billed"]
             totals["errors"] += [f"{args.file}:{e}" for e in result["errors"]]
-            bar(min(first + CHUNK, len(lines)), len(lines))
+            first += len(chunk)
+            bar(first, len(lines))
     finally:
         bar.close()
     if args.json:
@@ -424,7 +448,17 @@ def run_cdr_import(args: argparse.Namespace) -> int:
     return 1 if totals["errors"] else 0
 
 
-def _capture_items(data: bytes) -> Iterator[dict[str, Any]]:
+def _map(path: Path) -> bytes | mmap.mmap:
+    """The file mapped read-only (page cache, not heap), or its bytes when it cannot be
+    mapped (empty, a pipe)."""
+    with open(path, "rb") as f:
+        try:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):
+            return f.read()
+
+
+def _capture_items(data: bytes | mmap.mmap) -> Iterator[dict[str, Any]]:
     for d in read_capture(data):
         item: dict[str, Any] = {"data": base64.b64encode(d.payload).decode(), "ts": d.ts_us}
         if d.is_hep:
@@ -438,26 +472,28 @@ def run_replay(args: argparse.Namespace) -> int:
     """Replay a capture through the daemon's pipeline (its own tracker, same ledger)."""
     config = locate(args)
     try:
-        data = args.file.read_bytes()
-        items = list(_capture_items(data))
+        data = _map(args.file)
+        # A first pass counts (for the bar) and finds a damaged file before anything is billed.
+        total = sum(1 for _ in read_capture(data))
     except OSError as exc:
         raise CommandError(f"{args.file}: {exc.strerror}") from exc
     except CaptureError as exc:
         raise CommandError(f"{args.file}: {exc}") from exc
     session = _ctl(config, "replay_begin")["session"]
     bar = Progress("replay")
-    billed = existed = 0
+    billed = existed = sent = 0
+    items = _capture_items(data)  # one chunk at a time: a capture of gigabytes stays on disk
     try:
-        for first in range(0, len(items), CHUNK):
-            result = _ctl(config, "replay_chunk",
-                          {"session": session, "items": items[first : first + CHUNK]})
+        for chunk in _chunks(items, lambda item: len(item["data"]) + 100):
+            result = _ctl(config, "replay_chunk", {"session": session, "items": chunk})
             billed += result["billed"]
             existed += result["already_billed"]
-            bar(min(first + CHUNK, len(items)), len(items))
+            sent += len(chunk)
+            bar(sent, total)
         result = _ctl(config, "replay_end", {"session": session})
     finally:
         bar.close()
-    out = {"datagrams": len(items), "billed": billed + result["billed"],
+    out = {"datagrams": sent, "billed": billed + result["billed"],
            "already_billed": existed + result["already_billed"]}
     if args.json:
         print_json(out)
