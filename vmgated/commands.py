@@ -28,6 +28,7 @@ from sip.dialog import Tracker
 from sip.hep import stamp_v1
 from vmgated.config import ConfigError
 from vmgated.control import ControlError, ControlServer, Rows
+from vmgated.metrics import Counters
 from vmgated.pipeline import Billable, Pipeline
 
 if TYPE_CHECKING:
@@ -367,10 +368,12 @@ class Commands:
         for sid in reap_replays(self.replays, time.monotonic()):
             log.warning("replay session %s idle for %.0f s: dropped", sid, REPLAY_IDLE_S)
         session_id = f"r{time.time_ns()}"
+        # Its own packet counters: what a replay drops is reported to whoever replays (and
+        # is not the live feed's, so it stays out of vmgated_packets_total).
         session = ReplaySession(pipeline=Pipeline(
             app.pipeline.runtime,
             Tracker(max_duration_us=app.config.calls.max_duration_us),
-            app.counters,
+            Counters(),
             lambda item, tx: session.submitted.append(tx),
             lambda: session.last_ts,
             capture_clocked=True,
@@ -406,6 +409,11 @@ class Commands:
         session.pipeline.expire(horizon)
         result = await self._flush_replay(session)
         result["active_left"] = len(session.pipeline.tracker)
+        dropped: dict[str, int] = {}
+        for (_, reason), n in sorted(session.pipeline.counters.packets.items()):
+            if reason != "ok" and n:
+                dropped[reason] = dropped.get(reason, 0) + n
+        result["dropped"] = dropped
         return result
 
     def _replay(self, args: dict[str, Any]) -> ReplaySession:

@@ -46,11 +46,14 @@ def check_answered_calls(env: Env) -> None:
 
 
 def test_replay_hep_file_bills_each_call_once_and_again_bills_nothing(env: Env) -> None:
-    assert replay(env, HEP_FILE) == {"datagrams": 60, "billed": 5, "already_billed": 0}
+    assert replay(env, HEP_FILE) == {"datagrams": 60, "billed": 5, "already_billed": 0,
+                                    "dropped": {}}
     check_answered_calls(env)
     before = env.ctl_json("balances")
-    assert replay(env, HEP_FILE) == {"datagrams": 60, "billed": 0, "already_billed": 5}
-    assert replay(env, PCAP_FILE) == {"datagrams": 60, "billed": 0, "already_billed": 5}
+    assert replay(env, HEP_FILE) == {"datagrams": 60, "billed": 0, "already_billed": 5,
+                                    "dropped": {}}
+    assert replay(env, PCAP_FILE) == {"datagrams": 60, "billed": 0, "already_billed": 5,
+                                    "dropped": {}}
     assert len(env.calls()) == 5
     assert env.ctl_json("balances") == before
     human = env.ctl("replay", str(HEP_FILE)).stdout
@@ -58,7 +61,8 @@ def test_replay_hep_file_bills_each_call_once_and_again_bills_nothing(env: Env) 
 
 
 def test_replay_pcap_bills_like_the_hep_file(env: Env) -> None:
-    assert replay(env, PCAP_FILE) == {"datagrams": 60, "billed": 5, "already_billed": 0}
+    assert replay(env, PCAP_FILE) == {"datagrams": 60, "billed": 5, "already_billed": 0,
+                                    "dropped": {}}
     check_answered_calls(env)
     assert replay(env, HEP_FILE)["billed"] == 0
     assert env.ctl("ledger", "verify").returncode == 0
@@ -100,7 +104,8 @@ def test_a_capture_of_megabytes_is_replayed_in_requests_the_daemon_takes(
     # exited 0 (the broken pipe passed for a closed stdout).
     big = tmp_path / "big.hep"
     big.write_bytes(HEP_FILE.read_bytes() * 40)
-    assert replay(env, big) == {"datagrams": 2400, "billed": 5, "already_billed": 0}
+    assert replay(env, big) == {"datagrams": 2400, "billed": 5, "already_billed": 0,
+                                "dropped": {}}
     check_answered_calls(env)
 
 
@@ -110,3 +115,22 @@ def test_a_request_over_the_line_limit_is_an_error_that_says_so(env: Env) -> Non
     with pytest.raises(control.ControlError, match=r"request too long .* nothing was done"):
         control.call(env.dir / "var" / "control.sock", "status",
                      {"pad": "x" * (control.REQUEST_LIMIT + 10)})
+
+
+def test_replay_says_what_it_dropped_and_keeps_it_out_of_the_live_counters(
+    env: Env, tmp_path: Path
+) -> None:
+    from sip import hep
+
+    src, dst = ("127.0.0.11", 5060), ("127.0.0.1", 5060)
+    bad = [hep.encode(b"not a SIP message at all", src, dst, 1795379849000000),
+           hep.encode(b"\x81\xc8\x00\x0c" + b"\x00" * 48, src, dst, 1795379849000000,
+                      proto_type=5)] * 2
+    path = tmp_path / "mixed.hep"
+    path.write_bytes(HEP_FILE.read_bytes() + b"".join(bad))
+    assert replay(env, path) == {"datagrams": 64, "billed": 5, "already_billed": 0,
+                                 "dropped": {"not_sip": 2, "sip_bad_start_line": 2}}
+    human = env.ctl("replay", str(path))
+    assert human.stderr.strip() == ("dropped 4 datagrams that are not billable SIP "
+                                    "(2 not_sip, 2 sip_bad_start_line)")
+    assert "sip_bad_start_line" not in env.scrape()  # the live feed's counters are its own

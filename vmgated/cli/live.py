@@ -493,13 +493,18 @@ def run_replay(args: argparse.Namespace) -> int:
         result = _ctl(config, "replay_end", {"session": session})
     finally:
         bar.close()
+    dropped: dict[str, int] = result.get("dropped", {})
     out = {"datagrams": sent, "billed": billed + result["billed"],
-           "already_billed": existed + result["already_billed"]}
+           "already_billed": existed + result["already_billed"], "dropped": dropped}
     if args.json:
         print_json(out)
     else:
         print(f"replayed {out['datagrams']} datagrams: billed {out['billed']} calls, "
               f"{out['already_billed']} already billed")
+        if dropped:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in dropped.items())
+            print(f"dropped {sum(dropped.values())} datagrams that are not billable SIP "
+                  f"({reasons})", file=sys.stderr)
     return 0
 
 
