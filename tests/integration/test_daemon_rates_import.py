@@ -34,6 +34,9 @@ def test_rates_import(tmp_path: Path) -> None:
         out = env.ctl("rates", "import", str(locked), "--plan", "retail-a", check=False)
         assert out.returncode == 1, out.stdout
         assert f"{locked}:4: rate_per_min: plan 'retail-a': code '1202'" in out.stderr
+        # Not "these rows priced calls": a row that priced nothing is fixed as well.
+        assert f"{locked} was not imported (plan lock: a plan with call history keeps its " \
+               "rows):" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
         assert deck.read_text() == original
 

@@ -588,8 +588,8 @@ def run_rates_import(args: argparse.Namespace) -> int:
     problems = lock_problems({old.name: old}, {new.name: new}, used,
                              {old.name: str(args.file)})
     if problems:
-        raise CommandError(f"{args.file} was not imported (plan lock: these rows priced calls):"
-                           "\n" + "\n".join(problems))
+        raise CommandError(f"{args.file} was not imported (plan lock: a plan with call history "
+                           "keeps its rows):\n" + "\n".join(problems))
     _replace_file(declared.deck, text)
     try:
         reload = str(_ctl(locate(args), "reload"))
