@@ -15,6 +15,7 @@ Run: /work/venv/bin/python bench/attribution.py [TRUNKS] [CLIENTS]
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import tempfile
@@ -114,8 +115,11 @@ def naive(config: Config, record: CallRecord) -> tuple[str | None, str | None]:
 
 
 def main() -> None:
-    trunks = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    clients = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("trunks", type=int, nargs="?", default=2000)
+    parser.add_argument("clients", type=int, nargs="?", default=2000)
+    args = parser.parse_args()
+    trunks, clients = args.trunks, args.clients
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "vmgated.yaml"
         path.write_text(roster(trunks, clients))
