@@ -43,6 +43,7 @@ from vmgated.heap import (
 )
 from vmgated.journal import CDR, HEP, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
+from vmgated.logpace import LogPace
 from vmgated.metrics import (
     BalanceSummary,
     Counters,
@@ -51,7 +52,7 @@ from vmgated.metrics import (
     MetricsServer,
     MetricsSettings,
 )
-from vmgated.pipeline import LOG_EVERY, Billable, Pipeline, Runtime
+from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import UdpDropCounter, udp_queued
 
@@ -85,8 +86,8 @@ class App:
         # One reload at a time: a second SIGHUP (or `vmgatectl reload`) waits for the first.
         self._reload_lock = asyncio.Lock()
         self._state_lock = -1  # fd holding state_dir/vmgated.lock while running
-        self._journal_warned = -LOG_EVERY  # when a journal write failure was last logged
-        self._tick_warned: dict[str, float] = {}  # tick step -> when its failure was logged
+        self._journal_log = LogPace()
+        self._tick_log = LogPace()  # per tick step
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -360,9 +361,7 @@ class App:
             self.journal.append(kind, batch)
         except OSError as exc:
             self.counters.packets[("journal", "write_error")] += len(batch)
-            now = time.monotonic()
-            if now - self._journal_warned >= LOG_EVERY:
-                self._journal_warned = now
+            if self._journal_log.due():
                 log.error("journal write failed (%s): datagrams are billed but not crash-safe "
                           "until it can write again; counted as "
                           "vmgated_packets_total{input=\"journal\",result=\"write_error\"}",
@@ -470,11 +469,8 @@ class App:
             try:
                 step()
             except Exception:
-                name = step.__name__
-                now = time.monotonic()
-                if now - self._tick_warned.get(name, -LOG_EVERY) >= LOG_EVERY:
-                    self._tick_warned[name] = now
-                    log.exception("periodic %s failed; the daemon goes on", name)
+                if self._tick_log.due(step.__name__):
+                    log.exception("periodic %s failed; the daemon goes on", step.__name__)
 
     def _maybe_snapshot(self) -> None:
         if not self.journal.checkpoint_due():  # spaced by its cost (vmgated.journal)

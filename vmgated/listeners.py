@@ -20,11 +20,11 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sip.call import Addr
+from vmgated.logpace import LogPace
 from vmgated.metrics import DROP_OVERSIZED, DROP_SOURCE, Counters
 from vmgated.procnet import socket_inode
 
@@ -44,7 +44,6 @@ Batch = list[tuple[bytes, Addr]]
 
 DEFAULT_RCVBUF = 32 * 1024 * 1024
 MAX_UDP_PAYLOAD = 65507  # largest UDP payload over IPv4
-LOG_EVERY = 10.0  # seconds between two drop warnings of one listener
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _DECISION_CACHE = 4096  # distinct sources remembered by the allow-list; cleared when full
 
@@ -102,7 +101,7 @@ class UdpListener:
         self._decisions: dict[str, bool] = {}
         self._v6 = False
         self._unlogged: dict[str, int] = {}
-        self._last_log = 0.0
+        self._drop_log = LogPace()
 
     @property
     def sockname(self) -> Addr:
@@ -276,9 +275,7 @@ class UdpListener:
         if oversized:
             packets[(self.input_name, DROP_OVERSIZED)] += oversized
             unlogged[DROP_OVERSIZED] = unlogged.get(DROP_OVERSIZED, 0) + oversized
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY:
-            self._last_log = now
+        if self._drop_log.due():
             detail = ", ".join(f"{n} {reason}" for reason, n in sorted(unlogged.items()))
             log.warning("udp %s %s: dropped %s (e.g. from %s); counted in "
                         "vmgated_packets_total", self.input_name, _fmt(self.sockname), detail,

@@ -13,7 +13,6 @@ the counts since the last line, so a flood of garbage cannot flood the journal.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -27,11 +26,11 @@ from sip.dialog import Tracker
 from vmgated.attribution import Attribution, Attributor
 from vmgated.cdr import CdrError, parse_line
 from vmgated.config import Config
+from vmgated.logpace import LogPace
 from vmgated.metrics import Counters
 
 SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
 SKEW_WARN_US = 60_000_000  # a capture clock this far from ours is worth a warning
-LOG_EVERY = 10.0  # seconds between two drop warnings (as the listeners do)
 INTERNAL_ERROR = "internal_error"  # vmgated_packets_total result of a datagram that hit a bug
 
 log = logging.getLogger(__name__)
@@ -82,9 +81,9 @@ class Pipeline:
         self.sink = sink
         self.clock_us = clock_us
         self._unlogged: dict[tuple[str, str], int] = {}
-        self._last_log = -LOG_EVERY
-        self._last_failure = -LOG_EVERY
-        self._last_skew_log = -LOG_EVERY
+        self._drop_log = LogPace()
+        self._failure_log = LogPace()
+        self._skew_log = LogPace()
 
     # -- input -------------------------------------------------------------------------
     def feed_hep(self, batch: Iterable[tuple[bytes, Addr]], replaying: bool = False) -> None:
@@ -167,10 +166,8 @@ class Pipeline:
         Billing is right either way (call times are the agent's, timeouts run on each call's
         own clock), but an operator wants to know: CDR times are off by as much.
         """
-        now = time.monotonic()
-        if now - self._last_skew_log < LOG_EVERY:
+        if not self._skew_log.due():
             return
-        self._last_skew_log = now
         side = "behind" if skew_us > 0 else "ahead of"
         log.warning("capture agent %s:%s (capture id %s): its clock is %.0f s %s ours; call "
                     "times are its clock's, so its CDR times are off by as much (billing is "
@@ -182,10 +179,8 @@ class Pipeline:
         self.counters.packets[(input_name, reason)] += 1
         key = (input_name, reason)
         self._unlogged[key] = self._unlogged.get(key, 0) + 1
-        now = time.monotonic()
-        if now - self._last_log < LOG_EVERY:
+        if not self._drop_log.due():
             return
-        self._last_log = now
         counts = ", ".join(f"{n} {i} {r}" for (i, r), n in sorted(self._unlogged.items()))
         self._unlogged.clear()
         log.warning("dropped %s (last: %s from %s:%s); counted in vmgated_packets_total",
@@ -200,9 +195,7 @@ class Pipeline:
         holds the datagram, so a fixed build bills it at its next restart.
         """
         self.counters.packets[(input_name, INTERNAL_ERROR)] += 1
-        now = time.monotonic()
-        if now - self._last_failure >= LOG_EVERY:
-            self._last_failure = now
+        if self._failure_log.due():
             what = "a call closed by expiry" if sender is None else (
                 f"a {input_name} datagram from {sender[0]}:{sender[1]}")
             log.error("%s failed in the pipeline (counted as %s; the batch goes on)", what,
