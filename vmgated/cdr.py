@@ -7,7 +7,9 @@ Times are deliberately *not* part of the identity, so a resend with different ti
 conflict the ledger refuses and counts, never a second charge.
 
 An unanswered CDR without `sip_code` is recorded with code 0 ("not reported") and disposition
-`no_answer`, since a gateway that omits the code most often means the call rang out.
+`no_answer`, since a gateway that omits the code most often means the call rang out. A 2xx
+`sip_code` with a null `answer` is refused (`bad_field`): billing it as unanswered would turn
+a gateway's missing field into free calls.
 
 An answered CDR longer than `calls.max_duration` is billed as the HEP path bills a call whose
 BYE never came: ended at answer + max_duration and flagged `max_duration`. The line is kept
@@ -159,6 +161,11 @@ def parse_line(
         code = code_value
     else:
         raise CdrError("bad_field", f"sip_code: {code_value!r} is not a SIP status code")
+    if answer is None and 200 <= code < 300:
+        # A gateway that reports answers without their time would otherwise have every call
+        # recorded as failed and billed 0, silently: refused and counted instead.
+        raise CdrError("bad_field", f"sip_code {code} says answered but answer is null; "
+                       "give the answer time")
     flags: tuple[str, ...] = ()
     if answer is not None and max_duration_us is not None and end - answer > max_duration_us:
         end = answer + max_duration_us

@@ -91,6 +91,9 @@ def test_src_address_forms() -> None:
          b'"end": 1e999999999}', "bad_field"),
         (line(call_id="x\ud800"), "bad_field"),
         (line(trunk="acme-\udfff"), "bad_field"),
+        # A 2xx without its answer time was recorded as failed and billed 0.
+        (line(answer=None, sip_code=200), "bad_field"),
+        (line(answer=None, sip_code=202), "bad_field"),
     ],
 )
 def test_bad_lines_are_refused_with_a_reason(data: bytes, reason: str) -> None:
