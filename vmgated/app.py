@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -226,6 +227,7 @@ class App:
             queue_depth=lambda: self.ledger.queue_depth + len(self.backlog),
             ledger_commit=self.commit_hist,
             gc_clock=self.gc_clock,
+            dialog_events=lambda: asdict(self.pipeline.tracker.stats),
         )
         self.gc_clock.install()
         self._drops = UdpDropCounter()

@@ -255,6 +255,7 @@ class MetricsCollector:
         queue_depth: Callable[[], int] | None = None,
         ledger_commit: Histogram | None = None,
         gc_clock: GcClock | None = None,
+        dialog_events: Callable[[], Mapping[str, int]] | None = None,
         process_metrics: bool = True,
     ) -> None:
         self.counters = counters
@@ -265,6 +266,7 @@ class MetricsCollector:
         self.queue_depth = queue_depth
         self.ledger_commit = ledger_commit if ledger_commit is not None else Histogram()
         self.gc_clock = gc_clock
+        self.dialog_events = dialog_events
         self._process: CollectorRegistry | None = None
         if process_metrics:
             self._process = CollectorRegistry(auto_describe=False)
@@ -408,6 +410,15 @@ class MetricsCollector:
             families.append(ports)
         if self.gc_clock is not None:
             families += self._gc(self.gc_clock)
+        if self.dialog_events is not None:
+            # What the dialog tracker absorbed (copies, late messages) or could not place
+            # (a BYE for no dialog, a call refused because the table was full): the last
+            # kinds lose calls, so they must be visible, not only in the tracker's memory.
+            events = Family("vmgated_dialog_events_total", "counter",
+                            "Dialog tracker events by kind (sip.dialog.TrackerStats).")
+            for event, n in sorted(self.dialog_events().items()):
+                events.add(str(n), event=event)
+            families.append(events)
         return families
 
     @staticmethod

@@ -202,6 +202,9 @@ def test_a_capture_agent_hours_behind_is_billed_for_the_true_duration(env: Env) 
     assert (billed["billsec"], billed["flags"]) == (60, [])
     warned = re.search(r"capture id 101\): its clock is (\d+) s behind ours", env.daemon.logs())
     assert warned is not None and int(warned.group(1)) >= 4 * 3600
+    # The tracker's own counts reach /metrics (wired in the daemon, not only in tests).
+    assert re.search(r'^vmgated_dialog_events_total\{event="records"\} [1-9]', env.scrape(),
+                     re.M), env.scrape()
 
 
 def test_sigterm_commits_a_finished_call_at_once_even_inside_a_long_commit_window(

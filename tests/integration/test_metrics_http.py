@@ -260,3 +260,14 @@ def test_a_client_that_never_reads_its_answer_is_dropped() -> None:
         return got < 30_000_000
 
     assert uvloop.run(main())
+
+
+def test_dialog_tracker_events_are_counters_by_kind() -> None:
+    # A call refused because the dialog table is full was counted only inside the tracker.
+    collector = populated()
+    collector.dialog_events = lambda: {"overflow": 3, "unknown_bye": 7, "late": 0}
+    _, _, text = scrape(collector)
+    assert value_of(text, 'vmgated_dialog_events_total{event="overflow"}') == "3"
+    assert value_of(text, 'vmgated_dialog_events_total{event="unknown_bye"}') == "7"
+    assert value_of(text, 'vmgated_dialog_events_total{event="late"}') == "0"
+    assert "# TYPE vmgated_dialog_events_total counter" in text

@@ -39,7 +39,8 @@ def exported_names() -> set[str]:
         counters, settings=MetricsSettings(concurrent_ports_limit=10,
                                            account_info=(("customer", "acme", "prepaid"),)),
         balances=_Balances(), active_calls=lambda: {("t", "b"): 1}, udp_drops=lambda: 0,
-        queue_depth=lambda: 0, gc_clock=GcClock(), process_metrics=False)
+        queue_depth=lambda: 0, gc_clock=GcClock(), dialog_events=lambda: {"overflow": 0},
+        process_metrics=False)
     text = collector.render().decode()
     return {m.group(0) for m in METRIC.finditer(text)}
 
