@@ -54,7 +54,7 @@ from vmgated.metrics import (
 )
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
-from vmgated.procnet import UdpDropCounter, udp_queued
+from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
 from vmgated.statedir import lock_state_dir
 
 log = logging.getLogger("vmgated")
@@ -89,6 +89,7 @@ class App:
         self._state_lock = -1  # fd holding state_dir/vmgated.lock while running
         self._journal_log = LogPace()
         self._tick_log = LogPace()  # per tick step
+        self._procnet_log = LogPace()
 
     # -- start ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -280,7 +281,12 @@ class App:
             return 0
 
     def _udp_drops(self) -> int:
-        return self._drops.read({s.inode for s in self._sockets() if s.started})
+        drops = self._drops.read({s.inode for s in self._sockets() if s.started})
+        if not self._drops.readable and self._procnet_log.due():
+            log.warning("cannot read %s: vmgated_udp_receive_errors_total (kernel drops) is "
+                        "stuck at its last value; the daemon needs /proc/self/net readable",
+                        " or ".join(PROC_FILES))
+        return drops
 
     @staticmethod
     def metrics_settings(cfg: Config) -> MetricsSettings:

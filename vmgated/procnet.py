@@ -1,10 +1,16 @@
-"""Kernel receive drops and queues of our UDP sockets, read from /proc/net/udp{,6}.
+"""Kernel receive drops and queues of our UDP sockets, read from /proc/self/net/udp{,6}.
 
 When the daemon cannot keep up, the kernel drops datagrams at the socket's receive buffer;
 the only trace is the `drops` column of /proc/net/udp{,6}. Its `rx_queue` column is what waits
 unread right now (bytes as the kernel charges them, ~2.3 KB per small datagram): a reload uses
 it to give the event loop way while traffic queues up. Sockets are matched by inode (the exact
 socket, `os.fstat(sock.fileno()).st_ino`) or, failing that, by local port.
+
+The tables are read as /proc/self/net/..., not /proc/net/...: the two are the same file
+(/proc/net is a symlink to self/net, the process's network namespace), but the shipped unit's
+`ProcSubset=pid` mounts a /proc with only the process directories in it, where /proc/net does
+not exist. Read through that path, every drop count was 0 under systemd, and the drop alert
+could never fire.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ __all__ = [
     "UdpDropCounter",
     "UdpSocketRow",
     "parse_udp_table",
+    "read_tables",
     "socket_inode",
     "udp_drops",
     "udp_queued",
 ]
 
-PROC_FILES = ("/proc/net/udp", "/proc/net/udp6")
+PROC_FILES = ("/proc/self/net/udp", "/proc/self/net/udp6")
 
 
 class UdpSocketRow(NamedTuple):
@@ -51,14 +58,27 @@ def parse_udp_table(text: str) -> Iterator[UdpSocketRow]:
             continue
 
 
-def _rows(files: Iterable[str]) -> Iterator[UdpSocketRow]:
+def read_tables(files: Iterable[str]) -> list[UdpSocketRow] | None:
+    """Rows of every table that could be read; None when not one of them could.
+
+    A missing udp6 is normal (no IPv6 in this kernel); none at all means the counts cannot
+    be known (no /proc, or a sandbox hiding it), which the caller must not read as zero.
+    """
+    rows: list[UdpSocketRow] = []
+    readable = False
     for path in files:
         try:
             with open(path, encoding="ascii") as fh:
                 text = fh.read()
         except OSError:
-            continue  # no IPv6 in this kernel, or /proc not mounted
-        yield from parse_udp_table(text)
+            continue
+        readable = True
+        rows.extend(parse_udp_table(text))
+    return rows if readable else None
+
+
+def _rows(files: Iterable[str]) -> list[UdpSocketRow]:
+    return read_tables(files) or []
 
 
 def udp_drops(
@@ -96,10 +116,21 @@ class UdpDropCounter:
         self._files = tuple(files)
         self._last: dict[int, int] = {}
         self._retired = 0
+        self.readable = True
+        """Whether the last read found a table (False: the total is the last one known)."""
 
     def read(self, inodes: Collection[int]) -> int:
-        """Drops so far over every socket ever passed in; call with the currently open inodes."""
-        current = {row.inode: row.drops for row in _rows(self._files) if row.inode in inodes}
+        """Drops so far over every socket ever passed in; call with the currently open inodes.
+
+        When no table can be read, the last total is returned unchanged and `readable` is
+        False: folding every socket into the retired base then (as if all had closed) would
+        count their drops a second time at the next successful read.
+        """
+        rows = read_tables(self._files)
+        self.readable = rows is not None
+        if rows is None:
+            return self._retired + sum(self._last.values())
+        current = {row.inode: row.drops for row in rows if row.inode in inodes}
         for inode, drops in self._last.items():
             if inode not in current:
                 self._retired += drops
