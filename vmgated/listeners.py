@@ -112,7 +112,7 @@ class UdpListener:
 
     @property
     def inode(self) -> int:
-        """The socket's inode, to find its kernel drop count in /proc/net/udp{,6}."""
+        """The socket's inode, to find its kernel drop count in /proc/self/net/udp{,6}."""
         assert self._sock is not None, "start() first"
         return socket_inode(self._sock)
 

@@ -15,6 +15,7 @@ import bisect
 import gc
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -237,6 +238,24 @@ def render(families: Iterable[Family]) -> str:
     return "".join(out)
 
 
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's process_* collector, also under the unit's `ProcSubset=pid`.
+
+    It reads the boot time from /proc/stat once and, if that fails, exports nothing at all
+    for the rest of the process's life. `ProcSubset=pid` leaves only the process directories
+    in /proc, so under the shipped unit process_resident_memory_bytes, process_cpu_seconds_total
+    and the rest were missing. What it reads per scrape is under /proc/self, which stays; the
+    boot time is then the wall clock minus CLOCK_BOOTTIME (the clock /proc/stat's btime and
+    a process's start time count from).
+    """
+
+    def _boot_time(self) -> float | None:
+        try:
+            return super()._boot_time()  # type: ignore[no-untyped-call,no-any-return]
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 class MetricsCollector:
     """Builds all vmgated families at scrape time from counters and providers.
 
@@ -270,7 +289,7 @@ class MetricsCollector:
         self._process: CollectorRegistry | None = None
         if process_metrics:
             self._process = CollectorRegistry(auto_describe=False)
-            ProcessCollector(registry=self._process)
+            _ProcessCollector(registry=self._process)
 
     def collect(self) -> list[Family]:
         """Every vmgated family, built now."""
