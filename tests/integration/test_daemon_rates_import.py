@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sipcalls import BASE, Call, S, make_env
 
 from rating.units import format_time
@@ -70,3 +79,72 @@ def test_rates_import(tmp_path: Path) -> None:
         assert env.ctl_json("status")["active_calls"] == 0
     finally:
         env.daemon.stop()
+
+
+def _as_clerk(uid: int, groups: list[int], *args: str) -> subprocess.CompletedProcess[str]:
+    """vmgatectl as another user (its own primary group, umask 077, `groups` besides)."""
+    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}",
+               f"--groups={','.join(str(g) for g in [uid, *groups])}"]
+    argv = [*setpriv, sys.executable, "-m", "vmgated.cli.main", *args]
+    cmd = " ".join(shlex.quote(a) for a in argv)
+    return subprocess.run(["sh", "-c", f"umask 077; exec {cmd}"], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture
+def shared_conf() -> Iterator[Path]:
+    """The example config in a directory other users can reach (pytest's tmp is 0700), its
+    decks owned root:DAEMON_GID 0640 in a group-writable directory, as an operator sets up
+    /etc/vmgated for the daemon's user and a clerks' group."""
+    top = Path(tempfile.mkdtemp(prefix="vmgated-import-"))
+    try:
+        top.chmod(0o755)
+        shutil.copytree(ROOT / "conf", top / "conf", ignore=shutil.ignore_patterns("var"))
+        for path in [top / "conf", *(top / "conf").rglob("*")]:
+            os.chown(path, 0, DAEMON_GID)
+            path.chmod(0o2770 if path.is_dir() else 0o640)
+        yield top / "conf"
+    finally:
+        shutil.rmtree(top)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DAEMON_GID = 41001  # the daemon's group, which clerks join
+CLERK = 41002
+OUTSIDER = 41003
+
+
+def test_an_import_keeps_the_decks_group_and_mode(shared_conf: Path) -> None:
+    """A clerk's umask and primary group used to end up on the new deck (0600 clerk:clerk):
+    the daemon, reading through the group, then refused the reload and failed its next start."""
+    deck = shared_conf / "decks" / "retail-a.csv"
+    new = shared_conf.parent / "new.csv"
+    new.write_text(deck.read_text() + f"4420999,UK test,{SINCE},,0.0500,,0,1\n")
+    new.chmod(0o644)
+    config = str(shared_conf / "vmgated.yaml")
+
+    out = _as_clerk(CLERK, [DAEMON_GID], "--config", config, "rates", "import", str(new),
+                    "--plan", "retail-a")
+    assert out.returncode == 0, out.stderr
+    st = deck.stat()
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (DAEMON_GID, 0o640)
+    assert deck.read_text() == new.read_text()
+    # The daemon's user (another member of the group) still reads the whole config.
+    out = _as_clerk(41004, [DAEMON_GID], "--config", config, "check")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    # A clerk who left the group but still owns the deck (from an earlier import) cannot
+    # give a new file that group: nothing is replaced, no temporary file is left.
+    for path in [shared_conf, *shared_conf.rglob("*")]:
+        path.chmod(path.stat().st_mode | 0o005)  # the rest of the config readable to all
+    (shared_conf / "decks").chmod(0o777)  # no setgid: new files take the creator's group
+    os.chown(deck, OUTSIDER, DAEMON_GID)
+    deck.chmod(0o640)
+    before = deck.read_text()
+    out = _as_clerk(OUTSIDER, [], "--config", config, "rates", "import", str(new),
+                    "--plan", "retail-a")
+    assert out.returncode == 1, out.stdout
+    assert f"{deck} was not replaced: it belongs to group" in out.stderr, out.stderr
+    assert "which this user is not in" in out.stderr
+    assert deck.read_text() == before
+    assert [p.name for p in deck.parent.iterdir() if p.name.startswith(".")] == []

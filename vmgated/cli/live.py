@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import grp
 import json
 import mmap
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -547,14 +549,29 @@ def _used_rates(ledger: Path) -> frozenset[tuple[str, str, int]]:
 
 
 def _replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    """Write `text` to `path` atomically (temp file in the same directory, fsync, rename).
+
+    The new file gets the old one's group and permission bits before it takes its place: a
+    clerk's umask (0077) and primary group would otherwise leave a deck only the clerk can
+    read, and the daemon — its own user, reading the deck through the group — would refuse
+    the reload and then fail to start at all. If the group cannot be kept (the clerk is not
+    in it), nothing is replaced.
+    """
+    try:
+        old: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        old = None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
+            if old is not None:
+                _keep_access(f.fileno(), old, path)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CommandError(f"{path} was not replaced: {unreadable(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -562,6 +579,31 @@ def _replace_file(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _keep_access(fd: int, old: os.stat_result, path: Path) -> None:
+    """Give the open new file `fd` the group and permission bits `old` had."""
+    if os.fstat(fd).st_gid != old.st_gid:
+        try:
+            os.fchown(fd, -1, old.st_gid)
+        except PermissionError as exc:
+            if old.st_mode & stat.S_IROTH:
+                pass  # anyone could read it: the daemon still can in another group
+            else:
+                raise CommandError(
+                    f"{path} was not replaced: it belongs to group {_group_name(old.st_gid)}, "
+                    "which this user is not in, so the new deck could not keep it and the "
+                    "daemon might not be able to read it; run the import as a member of that "
+                    "group"
+                ) from exc
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def run_rates_import(args: argparse.Namespace) -> int:
