@@ -36,12 +36,47 @@ class PaymentRecord(NamedTuple):
     reference: str
 
 
+class _Immutable(sqlite3.Connection):
+    """A read-only connection to a ledger no daemon has open (see `connect_ro`)."""
+
+
 def connect_ro(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """A read-only connection (autocommit mode: callers BEGIN for a snapshot)."""
+    """A read-only connection (autocommit mode: callers BEGIN for a snapshot).
+
+    A WAL reader needs the WAL index (`-shm`) beside the file, and creates it when it is
+    missing. A stopped daemon leaves neither (its close checkpoints the WAL into the file and
+    removes both), so a billing clerk in the daemon's group — the state directory 0750, no
+    write access — could not read anything while vmgated was down ("attempt to write a
+    readonly database"). Then the file alone is the whole ledger, and it is opened
+    `immutable` (no index, no locks); `snapshot` checks afterwards that no daemon started
+    meanwhile. A WAL left behind (a crash) cannot be read that way: the error says so.
+    """
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{file}: no ledger here (is state_dir right?)")
-    return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    uri = file.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if not isinstance(exc, sqlite3.OperationalError) or os.access(file.parent, os.W_OK):
+            # SQLite's words ("file is not a database") do not say which file.
+            raise type(exc)(f"{file}: {exc}") from exc
+        if _wal(file).exists():
+            raise sqlite3.OperationalError(
+                f"{file}: {exc}: the last writer left a WAL ({_wal(file).name}) that only a "
+                f"user who may write to {file.parent} can read; start vmgated (it takes the "
+                "WAL in) or run this as the daemon's user"
+            ) from exc
+    return sqlite3.connect(
+        f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None, factory=_Immutable
+    )
+
+
+def _wal(file: Path) -> Path:
+    return file.with_name(file.name + "-wal")
 
 
 @contextmanager
@@ -52,6 +87,12 @@ def snapshot(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
         conn.execute("BEGIN")
         yield conn
         conn.execute("COMMIT")
+        if isinstance(conn, _Immutable) and _wal(Path(path)).exists():
+            # Read without locks: a daemon that started meanwhile may have moved pages.
+            raise sqlite3.OperationalError(
+                f"{path}: vmgated started while this was being read from its stopped "
+                "ledger; run the command again"
+            )
     finally:
         conn.close()
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from otheruser import CLERK, DAEMON_GID, vmgatectl_as
 from sipcalls import BASE, Call, S, make_env
 
 from rating.units import format_time
@@ -81,16 +79,6 @@ def test_rates_import(tmp_path: Path) -> None:
         env.daemon.stop()
 
 
-def _as_clerk(uid: int, groups: list[int], *args: str) -> subprocess.CompletedProcess[str]:
-    """vmgatectl as another user (its own primary group, umask 077, `groups` besides)."""
-    setpriv = ["setpriv", f"--reuid={uid}", f"--regid={uid}",
-               f"--groups={','.join(str(g) for g in [uid, *groups])}"]
-    argv = [*setpriv, sys.executable, "-m", "vmgated.cli.main", *args]
-    cmd = " ".join(shlex.quote(a) for a in argv)
-    return subprocess.run(["sh", "-c", f"umask 077; exec {cmd}"], capture_output=True,
-                          text=True, timeout=60)
-
-
 @pytest.fixture
 def shared_conf() -> Iterator[Path]:
     """The example config in a directory other users can reach (pytest's tmp is 0700), its
@@ -109,8 +97,6 @@ def shared_conf() -> Iterator[Path]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-DAEMON_GID = 41001  # the daemon's group, which clerks join
-CLERK = 41002
 OUTSIDER = 41003
 
 
@@ -123,14 +109,14 @@ def test_an_import_keeps_the_decks_group_and_mode(shared_conf: Path) -> None:
     new.chmod(0o644)
     config = str(shared_conf / "vmgated.yaml")
 
-    out = _as_clerk(CLERK, [DAEMON_GID], "--config", config, "rates", "import", str(new),
+    out = vmgatectl_as(CLERK, [DAEMON_GID], "--config", config, "rates", "import", str(new),
                     "--plan", "retail-a")
     assert out.returncode == 0, out.stderr
     st = deck.stat()
     assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (DAEMON_GID, 0o640)
     assert deck.read_text() == new.read_text()
     # The daemon's user (another member of the group) still reads the whole config.
-    out = _as_clerk(41004, [DAEMON_GID], "--config", config, "check")
+    out = vmgatectl_as(41004, [DAEMON_GID], "--config", config, "check")
     assert out.returncode == 0, out.stdout + out.stderr
 
     # A clerk who left the group but still owns the deck (from an earlier import) cannot
@@ -141,7 +127,7 @@ def test_an_import_keeps_the_decks_group_and_mode(shared_conf: Path) -> None:
     os.chown(deck, OUTSIDER, DAEMON_GID)
     deck.chmod(0o640)
     before = deck.read_text()
-    out = _as_clerk(OUTSIDER, [], "--config", config, "rates", "import", str(new),
+    out = vmgatectl_as(OUTSIDER, [], "--config", config, "rates", "import", str(new),
                     "--plan", "retail-a")
     assert out.returncode == 1, out.stdout
     assert f"{deck} was not replaced: it belongs to group" in out.stderr, out.stderr

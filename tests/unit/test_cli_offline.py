@@ -90,6 +90,21 @@ def test_missing_config_is_a_refusal_not_a_traceback(
     assert code == 1 and err.startswith(f"vmgatectl: error: {missing} cannot be used (1 problem)")
 
 
+def test_a_ledger_sqlite_cannot_read_is_a_refusal_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "small.yaml"
+    text = Path(SMALL).read_text()
+    config.write_text(text.replace("decks/", f"{CONFIGS}/decks/")
+                      .replace("state_dir: ./var", f"state_dir: {tmp_path}"))
+    (tmp_path / "ledger.db").write_bytes(b"not a database, a text file " * 100)
+    for command in (["calls"], ["balances"], ["payments"], ["ledger", "verify"]):
+        code, _, err = run(capsys, *command, "--config", str(config))
+        assert code == 1, command
+        assert err == (f"vmgatectl: error: reading the ledger: {tmp_path / 'ledger.db'}: "
+                       "file is not a database\n"), command
+
+
 # -- rate ------------------------------------------------------------------------------------
 #
 # 442071234567 via acme-1 (plan cust) to gw-01 (plan cli, reseller r-one on plan res), 61 s:

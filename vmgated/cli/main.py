@@ -16,6 +16,7 @@ import argparse
 import importlib
 import importlib.util
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -132,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return exc.code
+    except sqlite3.Error as exc:
+        # A report reading the ledger file (vmgated's own refusals come as CommandError).
+        print(f"{PROG}: error: reading the ledger: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
