@@ -55,7 +55,7 @@ from vmgated.metrics import (
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
-from vmgated.statedir import lock_state_dir
+from vmgated.statedir import check_owner, explain_denied, lock_state_dir
 
 log = logging.getLogger("vmgated")
 TICK_S = 1.0
@@ -96,6 +96,7 @@ class App:
         """Bind the listeners, open the ledger, recover dialog state, then start reading."""
         cfg = self.config
         cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        check_owner(cfg.state_dir)
         self._state_lock = lock_state_dir(cfg.state_dir)
         # Bound before recovery, read after it: datagrams that arrive while a restart restores
         # its dialogs and replays its journal (seconds at 100,000 calls in progress) wait in
@@ -688,7 +689,8 @@ async def serve(config_path: Path, reload_asked: Callable[[], bool] = lambda: Fa
         # An address in use, a missing directory for the control socket, another daemon on
         # it, a ledger it cannot open: said in one line, and the process exits (systemd sees
         # the failure). Anything else keeps its traceback, and exits too (`_abort_start`).
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s",
+                  explain_denied(exc) if isinstance(exc, OSError) else exc)
         return 1
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.stopping.set)

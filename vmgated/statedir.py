@@ -1,12 +1,17 @@
-"""One daemon per state directory: a lock file the kernel releases with the process."""
+"""One daemon per state directory, run by the directory's owner: a lock file the kernel
+releases with the process, and a refusal to run as root in another user's directory."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import grp
 import os
+import pwd
+import stat
 from pathlib import Path
 
-__all__ = ["StateDirBusy", "lock_state_dir"]
+__all__ = ["StateDirBusy", "StateDirNotOurs", "check_owner", "explain_denied", "lock_state_dir"]
 
 
 class StateDirBusy(OSError):
@@ -34,3 +39,54 @@ def lock_state_dir(state_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+class StateDirNotOurs(OSError):
+    """root was asked to run a daemon in a state directory another user owns."""
+
+
+def check_owner(state_dir: Path) -> None:
+    """Refuse to run as root in a state directory another user owns (the service's user).
+
+    Every file root creates there — journal generations, dialog snapshots — is then root's,
+    0640: the service, started again as its own user, could not read them and failed to
+    start ("Permission denied: .../dialogs/snapshot") until someone chowned them back.
+    """
+    if os.geteuid() != 0:
+        return
+    owner = state_dir.stat().st_uid
+    if owner == 0:
+        return
+    name = _user(owner)
+    raise StateDirNotOurs(
+        f"state dir {state_dir} belongs to user {name}, and this is root: files created now "
+        f"would be root's and the service (as {name}) could not read them; run vmgated as "
+        f"{name} (`systemctl start vmgated`, or `runuser -u {name} -- vmgated --config ...`)"
+    )
+
+
+def explain_denied(exc: OSError) -> str:
+    """`exc` in words, with whose file it is when access was denied (EACCES/EPERM)."""
+    text = str(exc)
+    if exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+        return text
+    try:
+        st = os.stat(exc.filename)
+    except OSError:
+        return text
+    return (f"{text} (owned by {_user(st.st_uid)}:{_group(st.st_gid)}, mode "
+            f"{stat.S_IMODE(st.st_mode):04o}; vmgated runs as {_user(os.geteuid())})")
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -7,15 +7,20 @@ printed a traceback and then never exited (systemd would have waited for its sta
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from otheruser import as_user
 
 from tests.e2e.daemon import free_port, write_config
 
+SERVICE_UID = 41020  # the service's user (no name: messages show the number)
 EXIT_WITHIN_S = 30  # generous for a loaded CI box; the fixed daemon exits in about a second
 
 
@@ -126,3 +131,44 @@ def run_daemon_briefly(config: Path) -> bool:
 
     daemon = Vmgated(config).start()
     return daemon.stop() == 0
+
+
+def test_root_refuses_a_state_dir_another_user_owns(tmp_path: Path) -> None:
+    # `vmgated --config /etc/vmgated/vmgated.yaml` typed as root next to the service: the
+    # journal and snapshot it wrote were root's 0640, and the service (its own user) then
+    # failed to start on them until someone chowned them back.
+    config = write_config(tmp_path, hep_port=free_port(),
+                          metrics_port=free_port(socket.SOCK_STREAM))
+    state = tmp_path / "var"
+    state.mkdir()
+    os.chown(state, SERVICE_UID, SERVICE_UID)
+    done = run_daemon(config)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot start: state dir {state} belongs to user {SERVICE_UID}, and this is " \
+           "root" in done.stderr, done.stderr
+    assert f"run vmgated as {SERVICE_UID}" in done.stderr
+    assert list(state.iterdir()) == []  # refused before the lock, the ledger, the journal
+
+
+def test_a_state_file_the_daemon_cannot_read_is_named_with_its_owner() -> None:
+    top = Path(tempfile.mkdtemp(prefix="vmgated-owner-"))
+    try:
+        top.chmod(0o755)
+        config = write_config(top, hep_port=free_port(),
+                              metrics_port=free_port(socket.SOCK_STREAM))
+        state = top / "var"
+        (state / "dialogs").mkdir(parents=True)
+        snapshot = state / "dialogs" / "snapshot"
+        snapshot.write_text("{}")  # as root left it: root's, 0640
+        snapshot.chmod(0o640)
+        for path in (state, state / "dialogs"):
+            os.chown(path, SERVICE_UID, SERVICE_UID)
+        proc = as_user(SERVICE_UID, [], [sys.executable, "-m", "vmgated.main", "--config",
+                                         str(config)], cwd=top, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=EXIT_WITHIN_S)
+        assert proc.returncode == 1, err
+        assert f"cannot start: [Errno 13] Permission denied: '{snapshot}' (owned by root:root, " \
+               f"mode 0640; vmgated runs as {SERVICE_UID})" in err, err
+    finally:
+        shutil.rmtree(top)
