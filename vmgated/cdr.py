@@ -136,12 +136,15 @@ def parse_line(
     call_id = _text(obj, "call_id")
     if not call_id:
         raise CdrError("missing_field", "call_id: required")
-    trunk = _text(obj, "trunk")
-    src_text = _text(obj, "src")
+    # An empty value is an absent one: `"src": ""` used to fall back to the datagram's
+    # sender, ephemeral port included, which then made the billing identity — a resend
+    # from another socket was a second call.
+    trunk = _text(obj, "trunk") or None
+    src_text = _text(obj, "src") or None
     if trunk is None and src_text is None:
         raise CdrError("missing_field", "trunk or src: one is required")
-    client = _text(obj, "client")
-    dst_text = _text(obj, "dst")
+    client = _text(obj, "client") or None
+    dst_text = _text(obj, "dst") or None
     if client is None and dst_text is None:
         raise CdrError("missing_field", "client or dst: one is required")
     src = parse_addr(src_text) if src_text else (sender or ("0.0.0.0", 0))

@@ -72,6 +72,14 @@ def test_src_address_forms() -> None:
     assert cdr.record.hops[0].dst == ("10.0.0.2", 0)
 
 
+def test_an_empty_trunk_is_absent_and_the_src_names_the_origin() -> None:
+    # Before: "" was the trunk's name — never a configured trunk, so the call went unrated
+    # although its src would have attributed it.
+    empty = parse_line(line(trunk="", src="10.0.0.1:5060"))
+    assert empty.trunk is None
+    assert empty.uid == parse_line(line(trunk="DROP", src="10.0.0.1:5060")).uid
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -94,6 +102,10 @@ def test_src_address_forms() -> None:
         # A 2xx without its answer time was recorded as failed and billed 0.
         (line(answer=None, sip_code=200), "bad_field"),
         (line(answer=None, sip_code=202), "bad_field"),
+        # An empty src stood for the datagram's sender, whose port is ephemeral.
+        (line(trunk="DROP", src=""), "missing_field"),
+        (line(trunk="", src=""), "missing_field"),
+        (line(client="", dst=""), "missing_field"),
     ],
 )
 def test_bad_lines_are_refused_with_a_reason(data: bytes, reason: str) -> None:
