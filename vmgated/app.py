@@ -32,7 +32,7 @@ from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
 from sip.hep import stamp_v1
 from vmgated import state, systemd
-from vmgated.config import Config, ConfigError, ListenSpec, load_config
+from vmgated.config import Config, ConfigError, ListenSpec, keep_restart_only, load_config
 from vmgated.control import ControlError
 from vmgated.heap import (
     GcClock,
@@ -532,10 +532,12 @@ class App:
         systemd.reloading()
         try:
             with paused_gc():
-                old = await self._swap_config()
+                old, pending = await self._swap_config()
             # The old decks are ~1.3 million objects with three 100,000-prefix plans: freed
             # on the loop that is a 170 ms stall, freed in a worker it only shares the GIL.
             await asyncio.get_running_loop().run_in_executor(None, old.clear)
+            if pending:
+                return "reloaded; these take effect at the next restart:\n" + "\n".join(pending)
             return "reloaded"
         finally:
             systemd.ready()
@@ -558,8 +560,9 @@ class App:
             None, self._paced, lock_problems, self.config.plans, new.plans, used, plan_files(new)
         )
 
-    async def _swap_config(self) -> list[object]:
-        """Load, check and build the new config, swap it in; return the old one to release.
+    async def _swap_config(self) -> tuple[list[object], tuple[str, ...]]:
+        """Load, check and build the new config, swap it in; return the old one to release,
+        and the settings changed in the file that only a restart applies (kept as running).
 
         The heavy parts (deck parsing, the plan-lock comparison, prefix indexes) run in a
         worker that gives way to the event loop every few hundred rows (`rating.pace`), so
@@ -579,6 +582,7 @@ class App:
             )
             log.error("%s", msg)
             raise RuntimeError(msg)
+        new, pending = keep_restart_only(self.config, new)
         runtime = await loop.run_in_executor(None, self._paced, Runtime.build, new)
         old: list[object] = [self.config, self.pipeline.runtime]
         self.config = new
@@ -593,7 +597,10 @@ class App:
         # The new decks are the next long-lived objects (vmgated.heap): frozen unwalked.
         frozen = freeze_new()
         log.info("reloaded %s (%d objects frozen)", self.config_path, frozen)
-        return old
+        if pending:
+            log.warning("reload: not applied until vmgated restarts (the running values are "
+                        "kept):\n%s", "\n".join(pending))
+        return old, pending
 
     # -- stop ------------------------------------------------------------------------------
     async def stop(self) -> None:

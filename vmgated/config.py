@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -340,3 +340,36 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     from vmgated.configbuild import Builder
 
     return Builder(doc, path.parent, os.environ if env is None else env).build()
+
+
+def _listen_text(specs: tuple[ListenSpec, ...]) -> str:
+    return ", ".join(str(s) for s in specs) or "(none)"
+
+
+def keep_restart_only(running: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
+    """`new` with the running values of what only a restart applies, and what differed.
+
+    The sockets (`listen`), `state_dir` (the ledger, journal and lock held open) and the
+    ledger writer's tuning are set up once at start. A reload used to take a changed value
+    into the running config without acting on it: `vmgatectl status` then showed a state_dir
+    and sockets the daemon was not using. Each difference is one line: `key: running X, the
+    file says Y`.
+    """
+    pairs = (
+        ("listen.hep", _listen_text(running.listen.hep), _listen_text(new.listen.hep)),
+        ("listen.cdr", _listen_text(running.listen.cdr), _listen_text(new.listen.cdr)),
+        ("listen.metrics", str(running.listen.metrics), str(new.listen.metrics)),
+        ("listen.control", str(running.listen.control), str(new.listen.control)),
+        ("state_dir", str(running.state_dir), str(new.state_dir)),
+        ("ledger", _ledger_text(running.ledger), _ledger_text(new.ledger)),
+    )
+    changed = tuple(f"{key}: running {was}, the file says {now}"
+                    for key, was, now in pairs if was != now)
+    if not changed:
+        return new, ()
+    return replace(new, listen=running.listen, state_dir=running.state_dir,
+                   ledger=running.ledger), changed
+
+
+def _ledger_text(t: LedgerTuning) -> str:
+    return f"batch_max {t.batch_max}, batch_ms {t.batch_ms}, queue_max {t.queue_max}"
