@@ -8,7 +8,10 @@ Rules (SPEC §4, RFC 3261, RFC 4028):
 - start = earliest captured copy of the initial INVITE; answer = first 2xx whose CSeq is the
   initial INVITE's (after a 401/407 the retry with a higher CSeq is the same call), on the
   call's first leg when it is a B2BUA's (another leg's 2xx stands in until that one is seen);
-  end = first BYE of the confirmed dialog, either direction.
+  end = first BYE of the confirmed dialog, either direction — also when that BYE arrived
+  before the 2xx that confirmed it (copies from two capture agents, out of order: the call
+  then ends as soon as the 2xx comes), and never before the answer (a BYE stamped earlier by a
+  clock slightly behind ends the call at its answer, 0 s).
 - A tracing proxy captures every message twice (in and out) and retransmissions come again:
   copies only add hops, never a second record. After its record is out, a dialog lingers for
   `linger_us` to absorb late copies, then is dropped: memory stays bounded.
@@ -136,8 +139,8 @@ class _Call:
 class _Dialog:
     """SIP state of one dialog (one leg of a call)."""
 
-    __slots__ = ("call", "invite_cseq", "key", "origin", "reject_code", "reject_ts", "state",
-                 "to_tag")  # fmt: skip
+    __slots__ = ("call", "early_bye", "invite_cseq", "key", "origin", "reject_code",
+                 "reject_ts", "state", "to_tag")  # fmt: skip
 
     def __init__(self, key: tuple[str, str | None], call: _Call | None, cseq: int, origin: Addr):
         self.key = key
@@ -148,6 +151,10 @@ class _Dialog:
         self.origin = origin  # where this leg's INVITE came from: a rejection sent there is final
         self.reject_code = 0
         self.reject_ts = 0
+        # (callee tag, capture time) of a BYE seen before any 2xx: copies from two capture
+        # agents can arrive out of order, and a call answered and hung up within the gap
+        # would otherwise never see its BYE again and run to max_duration. Not in snapshots.
+        self.early_bye: tuple[str, int] | None = None
 
 
 def disposition(code: int, cancelled: bool) -> Disposition:
@@ -240,7 +247,7 @@ class Tracker:
         if capture_id is not None and capture_id not in call.capture_ids:
             _add_capture_id(call, capture_id)
 
-        event = self._classify(msg, d, call, forward, dst)
+        event = self._classify(msg, d, call, forward, dst, ts_us)
         step = TRANSITIONS.get((d.state, event))
         if step is None:
             return []
@@ -307,7 +314,9 @@ class Tracker:
         if call.correlation_id is not None:
             by.setdefault(call.correlation_id, call)
 
-    def _classify(self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr) -> int:
+    def _classify(
+        self, msg: SipMessage, d: _Dialog, call: _Call, forward: bool, dst: Addr, ts: int
+    ) -> int:
         method = msg.method
         if method is not None:
             if method == _INVITE:
@@ -322,6 +331,10 @@ class Tracker:
                 if d.to_tag is not None and tag == d.to_tag:
                     return Event.BYE
                 self.stats.stray_bye += 1
+                if d.to_tag is None and tag is not None and call.answer is None:
+                    early = d.early_bye
+                    if early is None or (early[0] == tag and ts < early[1]):
+                        d.early_bye = (tag, ts)
                 return Event.OTHER
             if method == "CANCEL" and forward and msg.cseq_num == d.invite_cseq:
                 return Event.CANCEL
@@ -378,6 +391,10 @@ class Tracker:
             if msg.session_expires is not None:
                 call.session_expires = msg.session_expires
             call.code = msg.status
+            early = d.early_bye
+            if early is not None and early[0] == d.to_tag and call.answer is not None:
+                # The dialog's BYE came first (reordered copies): it ends the call now.
+                return [self._finish(call, early[1], now, ())]
         elif effect == Effect.RETRY:
             d.invite_cseq = msg.cseq_num
             _add_hop(call, src, dst, capture_id)
@@ -443,7 +460,9 @@ class Tracker:
             callee=call.callee,
             start=call.start,
             answer=call.answer,
-            end=max(end, call.start),
+            # Never before the answer: a BYE stamped earlier (another capture agent's clock
+            # slightly behind) ends the call at its answer, billing 0 s, not a negative span.
+            end=max(end, call.start, call.answer if call.answer is not None else end),
             sip_code=code,
             disposition=disp,
             hops=call.hops,

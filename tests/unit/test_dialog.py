@@ -242,6 +242,46 @@ def test_forked_2xx_first_answer_wins_and_other_fork_bye_does_not_end() -> None:
     assert w.tracker.stats.forked_answers == 2 and w.tracker.stats.stray_bye == 2
 
 
+def test_a_bye_that_arrives_before_its_answer_ends_the_call_when_the_answer_comes() -> None:
+    # Two capture agents (an SBC and the proxy) whose copies arrive out of order: a call
+    # answered and hung up within the gap showed its BYE first. It was a stray BYE, the 2xx then
+    # confirmed the dialog, and the call ran to max_duration: 3 hours billed for 2 seconds.
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1)), T0, UAC, PROXY)
+    assert t.feed(parse(request("BYE", 2, to_tag="callee-tag")), T0 + 5 * S, UAC, PROXY) == []
+    r = only(t.feed(parse(response(200, 1)), T0 + 3 * S, UAS, PROXY))
+    assert (r.answer, r.end, r.billsec) == (T0 + 3 * S, T0 + 5 * S, 2)
+    assert t.stats.stray_bye == 1 and len(t) == 0
+
+
+def test_an_early_bye_from_the_callee_counts_too_and_never_before_the_answer() -> None:
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1)), T0, UAC, PROXY)
+    # The callee's BYE, stamped by an agent whose clock is 40 ms behind the other's.
+    t.feed(parse(callee_request("BYE", 1)), T0 + 3 * S - 40_000, UAS, PROXY)
+    r = only(t.feed(parse(response(200, 1)), T0 + 3 * S, UAS, PROXY))
+    assert (r.answer, r.end, r.billsec) == (T0 + 3 * S, T0 + 3 * S, 0)
+
+
+def test_an_early_bye_for_another_fork_does_not_end_the_answered_one() -> None:
+    t = Tracker()
+    t.feed(parse(request("INVITE", 1)), T0, UAC, PROXY)
+    t.feed(parse(request("BYE", 2, to_tag="fork-b")), T0 + 3 * S, UAC, PROXY)
+    assert t.feed(parse(response(200, 1, to_tag="fork-a")), T0 + 2 * S, UAS, PROXY) == []
+    assert t.feed(parse(response(200, 1, to_tag="fork-b")), T0 + 2 * S + 10, UAS, PROXY) == []
+    r = only(t.feed(parse(request("BYE", 3, to_tag="fork-a")), T0 + 9 * S, UAC, PROXY))
+    assert (r.answer, r.billsec) == (T0 + 2 * S, 7)
+
+
+def test_a_bye_stamped_before_the_answer_ends_at_the_answer() -> None:
+    w = Wire()
+    w.down(request("INVITE", 1), T0)
+    w.up(response(200, 1), T0 + 10 * S)
+    w.one(request("BYE", 2, to_tag="callee-tag"), T0 + 9 * S, UAC, PROXY)  # clock stepped back
+    r = only(w.records)
+    assert (r.answer, r.end, r.billsec) == (T0 + 10 * S, T0 + 10 * S, 0)
+
+
 def test_reinvite_and_update_are_no_new_calls_and_a_failed_one_does_not_end() -> None:
     w = Wire()
     w.down(request("INVITE", 1), T0)
