@@ -11,7 +11,10 @@ import pwd
 import stat
 from pathlib import Path
 
-__all__ = ["StateDirBusy", "StateDirNotOurs", "check_owner", "explain_denied", "lock_state_dir"]
+__all__ = [
+    "StateDirBusy", "StateDirNotOurs", "check_owner", "explain_denied", "group_name",
+    "lock_state_dir", "user_name",
+]  # fmt: skip
 
 
 class StateDirBusy(OSError):
@@ -57,7 +60,7 @@ def check_owner(state_dir: Path) -> None:
     owner = state_dir.stat().st_uid
     if owner == 0:
         return
-    name = _user(owner)
+    name = user_name(owner)
     raise StateDirNotOurs(
         f"state dir {state_dir} belongs to user {name}, and this is root: files created now "
         f"would be root's and the service (as {name}) could not read them; run vmgated as "
@@ -74,18 +77,20 @@ def explain_denied(exc: OSError) -> str:
         st = os.stat(exc.filename)
     except OSError:
         return text
-    return (f"{text} (owned by {_user(st.st_uid)}:{_group(st.st_gid)}, mode "
-            f"{stat.S_IMODE(st.st_mode):04o}; vmgated runs as {_user(os.geteuid())})")
+    return (f"{text} (owned by {user_name(st.st_uid)}:{group_name(st.st_gid)}, mode "
+            f"{stat.S_IMODE(st.st_mode):04o}; vmgated runs as {user_name(os.geteuid())})")
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The login name of `uid`, else the number."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
 
 
-def _group(gid: int) -> str:
+def group_name(gid: int) -> str:
+    """The name of group `gid`, else the number."""
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:

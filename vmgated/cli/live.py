@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import grp
 import json
 import mmap
 import os
@@ -36,6 +35,7 @@ from vmgated.cli.output import print_json, render_table
 from vmgated.configparse import unreadable
 from vmgated.control import REQUEST_LIMIT, ControlError, DaemonNotRunning, call
 from vmgated.planlock import lock_problems
+from vmgated.statedir import group_name
 
 T = TypeVar("T")
 CHUNK = 2000  # datagrams or CDR lines per control request, at most
@@ -587,23 +587,14 @@ def _keep_access(fd: int, old: os.stat_result, path: Path) -> None:
         try:
             os.fchown(fd, -1, old.st_gid)
         except PermissionError as exc:
-            if old.st_mode & stat.S_IROTH:
-                pass  # anyone could read it: the daemon still can in another group
-            else:
+            if not old.st_mode & stat.S_IROTH:  # else anyone, the daemon too, reads it
                 raise CommandError(
-                    f"{path} was not replaced: it belongs to group {_group_name(old.st_gid)}, "
+                    f"{path} was not replaced: it belongs to group {group_name(old.st_gid)}, "
                     "which this user is not in, so the new deck could not keep it and the "
                     "daemon might not be able to read it; run the import as a member of that "
                     "group"
                 ) from exc
     os.fchmod(fd, stat.S_IMODE(old.st_mode))
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def run_rates_import(args: argparse.Namespace) -> int:
