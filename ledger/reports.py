@@ -52,10 +52,21 @@ def connect_ro(path: str | os.PathLike[str]) -> sqlite3.Connection:
     meanwhile. A WAL left behind (a crash) cannot be read that way: the error says so.
     """
     file = Path(path)
-    if not file.exists():
+    try:
+        found = file.exists()
+    except PermissionError as exc:  # a directory on the way this user may not enter
+        raise sqlite3.OperationalError(f"{file}: {exc.strerror}") from exc
+    if not found:
         raise FileNotFoundError(f"{file}: no ledger here (is state_dir right?)")
+    if not os.access(file, os.R_OK):
+        raise sqlite3.OperationalError(
+            f"{file}: permission denied: run as root or as a member of the group that owns it"
+        )
     uri = file.resolve().as_uri()
-    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        raise type(exc)(f"{file}: {exc}") from exc
     try:
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return conn

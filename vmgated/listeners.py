@@ -160,6 +160,11 @@ class UdpListener:
                 self._set_rcvbuf(sock)
                 sock.bind(sockaddr)
                 sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                # "Address already in use" alone does not say which of the sockets it was.
+                raise OSError(exc.errno, f"{self.input_name} udp {self.host}:{self.port}: "
+                              f"{exc.strerror}") from exc
             except BaseException:
                 sock.close()
                 raise

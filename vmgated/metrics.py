@@ -15,6 +15,7 @@ import bisect
 import gc
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -486,8 +487,13 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Bind and start serving; raises OSError (address in use...) to the caller."""
-        self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  limit=16384)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port,
+                                                      limit=16384)
+        except OSError as exc:
+            # asyncio's own text repeats the address; the errno's words are enough.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise OSError(exc.errno, f"metrics http {self.host}:{self.port}: {why}") from exc
 
     async def stop(self) -> None:
         """Stop accepting and close the listening socket."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import socket
 import subprocess
@@ -229,9 +230,14 @@ def test_busy_port_raises_to_the_caller() -> None:
     async def main() -> None:
         first = UdpListener("127.0.0.1", 0, lambda batch: None)
         await first.start()
-        second = UdpListener("127.0.0.1", first.sockname[1], lambda batch: None)
-        with pytest.raises(OSError):
+        second = UdpListener("127.0.0.1", first.sockname[1], lambda batch: None,
+                             input_name="cdr")
+        with pytest.raises(OSError) as info:
             await second.start()
+        # Which socket it was: the daemon has several, the kernel's words name none.
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value).endswith(f"cdr udp 127.0.0.1:{first.sockname[1]}: Address "
+                                        "already in use")
         first.stop()
 
     run(main())

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from otheruser import CLERK, DAEMON_GID, as_user
+from otheruser import CLERK, DAEMON_GID, as_user, vmgatectl_as
 
 from ledger import transactions as tx
 from ledger.store import Ledger
@@ -103,3 +103,31 @@ def test_a_wal_left_by_a_crash_is_named(stopped_ledger: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "the last writer left a WAL (ledger.db-wal)" in err, err
+
+
+OUTSIDER = 41011  # neither the daemon's user nor in its group
+CONFIGS = Path(__file__).resolve().parents[1] / "data" / "configs"
+
+
+def _config_for(db: Path) -> str:
+    """The small test tenant, readable by all, with `db`'s directory as its state_dir."""
+    text = (CONFIGS / "small.yaml").read_text()
+    config = db.parent.parent / "small.yaml"
+    config.write_text(text.replace("decks/", f"{CONFIGS}/decks/")
+                      .replace("state_dir: ./var", f"state_dir: {db.parent}"))
+    config.chmod(0o644)
+    return str(config)
+
+
+def test_someone_outside_the_group_gets_a_refusal_not_a_traceback(stopped_ledger: Path) -> None:
+    config = _config_for(stopped_ledger)
+    for command in (["calls"], ["balances"], ["payments"], ["ledger", "verify"]):
+        out = vmgatectl_as(OUTSIDER, [], "--config", config, *command)
+        assert out.returncode == 1, command
+        assert out.stderr == (f"vmgatectl: error: permission denied on {stopped_ledger.parent}: "
+                              "run as root or as a member of the vmgated group\n"), out.stderr
+    stopped_ledger.parent.chmod(0o755)  # the directory open, the file still 0640
+    out = vmgatectl_as(OUTSIDER, [], "--config", config, "calls")
+    assert out.returncode == 1
+    assert out.stderr == (f"vmgatectl: error: reading the ledger: {stopped_ledger}: permission "
+                          "denied: run as root or as a member of the group that owns it\n")

@@ -193,9 +193,17 @@ def _raw_where(config_path: Path) -> Where | None:
 
 def _ledger_path(where: Where, state_dir: Path | None = None) -> Path:
     path = (state_dir or where.state_dir) / "ledger.db"
-    if not path.exists():
+    if not _ledger_exists(path):
         raise CommandError(f"no ledger at {path} (has vmgated run with this state_dir?)")
     return path
+
+
+def _ledger_exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except PermissionError:  # the state dir is 0750: not this user's, not its group's
+        raise CommandError(f"permission denied on {path.parent}: run as root or as a member "
+                           "of the vmgated group") from None
 
 
 class Progress:
@@ -541,7 +549,7 @@ def run_head(args: argparse.Namespace) -> int:
 # -- rates import --------------------------------------------------------------------------------
 def _used_rates(ledger: Path) -> frozenset[tuple[str, str, int]]:
     """Deck rows that priced a call in history, read from the ledger file (read-only)."""
-    if not ledger.exists():
+    if not _ledger_exists(ledger):
         return frozenset()
     with reports.snapshot(ledger) as conn:
         rows = conn.execute("SELECT plan, prefix, valid_since FROM used_rates").fetchall()
