@@ -33,12 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help=f"YAML config (default $VMGATED_CONFIG, {DEFAULT_CONFIG})")
     parser.add_argument("--log-level", default=os.environ.get("VMGATED_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        # journald adds its own timestamps; keep lines short and greppable.
-        format="%(levelname)s %(name)s: %(message)s",
+    from vmgated import systemd
+
+    handler = logging.StreamHandler(sys.stderr)
+    # journald adds its own timestamps; keep lines short and greppable. Under the journal,
+    # each line carries its priority (`journalctl -p warning` works).
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(
+        systemd.JournalFormatter(fmt) if systemd.journal_stderr() else logging.Formatter(fmt)
     )
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     from vmgated.app import run  # imported late: --help must not need uvloop
 
     return run(config_path(args.config), lambda: bool(_reload_asked))

@@ -9,11 +9,14 @@ under systemd (or the socket is gone), so the daemon calls them unconditionally.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 
 __all__ = [
+    "JournalFormatter",
+    "journal_stderr",
     "listen_sockets",
     "notify",
     "ready",
@@ -134,3 +137,46 @@ def watchdog_interval() -> float | None:
 def watchdog_ping() -> bool:
     """Tell systemd the daemon is alive (`WatchdogSec=`): the main loop is still turning."""
     return notify("WATCHDOG=1")
+
+
+def journal_stderr() -> bool:
+    """Whether stderr is connected to the journal (`$JOURNAL_STREAM` names its device:inode).
+
+    Per systemd.exec(5): a service whose stderr systemd connected to journald gets this
+    variable; checking the inode tells a redirected stderr (`vmgated ... 2>file` inside the
+    unit, or a child) from the journal's own stream.
+    """
+    want = os.environ.get("JOURNAL_STREAM")
+    if not want:
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
+
+
+_PRIORITY = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+class JournalFormatter(logging.Formatter):
+    """Log lines with sd-daemon(3) priority prefixes (`<3>` error, `<4>` warning, ...).
+
+    Without them journald files every line of the service at one level (info), so
+    `journalctl -u vmgated -p warning` showed nothing and errors were not marked. Every
+    line of a message gets the prefix: journald stores each line as its own entry, and a
+    traceback's lines belong to the error that printed it.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as the base formatter writes it, each line with its priority."""
+        text = super().format(record)
+        prefix = f"<{_priority(record.levelno)}>"
+        return prefix + text.replace("\n", "\n" + prefix)
+
+
+def _priority(levelno: int) -> int:
+    for level, priority in _PRIORITY:
+        if levelno >= level:
+            return priority
+    return 7  # debug

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -123,3 +124,25 @@ def test_listen_sockets_takes_only_what_systemd_passed_to_this_pid() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_under_the_journal_each_log_line_carries_its_priority(tmp_path: Path) -> None:
+    """journald files a service's stderr lines at one level unless they start with `<N>`;
+    the daemon knows its stderr is the journal's stream by $JOURNAL_STREAM (dev:inode)."""
+    from tests.e2e.daemon import free_port, write_config
+
+    config = write_config(tmp_path, hep_port=free_port(),
+                          metrics_port=free_port(socket.SOCK_STREAM))
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "ledger.db").write_bytes(b"not a database" * 10)  # an error to log
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    with os.fdopen(read_end, "rb") as reader:
+        proc = subprocess.Popen([sys.executable, "-m", "vmgated.main", "--config", str(config)],
+                                cwd=tmp_path, stderr=write_end, env=env)
+        os.close(write_end)
+        assert proc.wait(timeout=30) == 1
+        lines = reader.read().decode().splitlines()
+    assert any(line.startswith("<3>ERROR vmgated: cannot start: ledger ") for line in lines), lines
+    assert all(line[:1] == "<" and line[2:3] == ">" for line in lines), lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -220,3 +221,30 @@ def test_socket_unit_listens_where_the_example_config_does() -> None:
     config = load_config(ROOT / "conf" / "vmgated.yaml")
     wanted = {f"{s.address}:{s.port}" for s in (*config.listen.hep, *config.listen.cdr)}
     assert set(_unit_directives(SOCKET_UNIT.read_text())["ListenDatagram"]) == wanted
+
+
+def test_log_lines_carry_their_journal_priority() -> None:
+    fmt = systemd.JournalFormatter("%(levelname)s %(name)s: %(message)s")
+
+    def line(level: int, msg: str) -> str:
+        return fmt.format(logging.LogRecord("vmgated", level, __file__, 1, msg, None, None))
+
+    assert line(logging.ERROR, "cannot start") == "<3>ERROR vmgated: cannot start"
+    assert line(logging.WARNING, "dropped") == "<4>WARNING vmgated: dropped"
+    assert line(logging.INFO, "ready") == "<6>INFO vmgated: ready"
+    assert line(logging.DEBUG, "x") == "<7>DEBUG vmgated: x"
+    assert line(logging.CRITICAL, "x").startswith("<2>")
+    # journald stores every line as an entry of its own: each keeps the message's priority.
+    assert line(logging.ERROR, "a\nb") == "<3>ERROR vmgated: a\n<3>b"
+
+
+def test_stderr_is_the_journal_only_when_journal_stream_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    st = os.fstat(2)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+    assert systemd.journal_stderr()
+    monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")  # redirected stderr
+    assert not systemd.journal_stderr()
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert not systemd.journal_stderr()
