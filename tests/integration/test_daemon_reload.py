@@ -239,3 +239,27 @@ def test_a_sighup_while_starting_is_a_reload_once_ready_not_a_kill(tmp_path: Pat
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_a_changed_port_waits_for_a_restart_and_the_reload_says_so(env: Env) -> None:
+    # Before: the new port went into the running config unopened, and `status` showed it.
+    text = env.config.read_text()
+    hep = f"{{address: 127.0.0.1, port: {env.hep_port}}}"
+    assert hep in text
+    moved = text.replace(hep, f"{{address: 127.0.0.1, port: {env.hep_port + 1}}}")
+    env.config.write_text(moved)
+    out = env.ctl("reload").stdout
+    assert out == ("reloaded; these take effect at the next restart:\n"
+                   f"listen.hep: running 127.0.0.1:{env.hep_port}, the file says "
+                   f"127.0.0.1:{env.hep_port + 1}\n"), out
+    assert env.ctl_json("reload") == {"result": "reloaded", "restart_needed": [
+        f"listen.hep: running 127.0.0.1:{env.hep_port}, the file says "
+        f"127.0.0.1:{env.hep_port + 1}"]}
+    listeners = next(line for line in env.ctl("status").stdout.splitlines()
+                     if line.startswith("listeners"))
+    assert f"hep udp 127.0.0.1:{env.hep_port}" in listeners
+    assert str(env.hep_port + 1) not in listeners
+    env.send(call_at("old-port", 0))  # still read where it always was
+    env.wait_calls(1)
+    env.config.write_text(text)
+    assert env.ctl_json("reload") == {"result": "reloaded", "restart_needed": []}

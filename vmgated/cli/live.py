@@ -254,8 +254,14 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_reload(args: argparse.Namespace) -> int:
     """Ask the daemon to reload; a refusal prints file:line: field: why."""
-    result = _ctl(locate(args), "reload")
-    print_json({"result": result}) if args.json else print(result)
+    result = str(_ctl(locate(args), "reload"))
+    if not args.json:
+        print(result)
+        return 0
+    # The answer is "reloaded", then (after "; ...:") one line per setting that waits for a
+    # restart; a script wants those as a list.
+    first, *pending = result.split("\n")
+    print_json({"result": first.split(";")[0], "restart_needed": pending})
     return 0
 
 
