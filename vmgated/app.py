@@ -525,10 +525,16 @@ class App:
     # -- reload ----------------------------------------------------------------------------
     async def reload(self) -> str:
         """Load config and decks beside the running ones; swap only if all of it is valid."""
+        await self.reload_detail()
+        return "reloaded"
+
+    async def reload_detail(self) -> tuple[str, ...]:
+        """`reload`, returning the settings the file changed that wait for a restart
+        (`config.keep_restart_only`), one line each."""
         async with self._reload_lock:
             return await self._reload()
 
-    async def _reload(self) -> str:
+    async def _reload(self) -> tuple[str, ...]:
         systemd.reloading()
         try:
             with paused_gc():
@@ -536,9 +542,7 @@ class App:
             # The old decks are ~1.3 million objects with three 100,000-prefix plans: freed
             # on the loop that is a 170 ms stall, freed in a worker it only shares the GIL.
             await asyncio.get_running_loop().run_in_executor(None, old.clear)
-            if pending:
-                return "reloaded; these take effect at the next restart:\n" + "\n".join(pending)
-            return "reloaded"
+            return pending
         finally:
             systemd.ready()
 

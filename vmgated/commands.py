@@ -117,7 +117,8 @@ class Commands:
     async def reload(self, args: dict[str, Any], progress: Callable[[int, int], None]) -> object:
         """SIGHUP equivalent; the refusal (file, line, field) comes back as the error."""
         try:
-            return await self.app.reload()
+            pending = await self.app.reload_detail()
+            return {"result": "reloaded", "restart_needed": list(pending)}
         except RuntimeError as exc:
             raise CommandError(str(exc)) from exc
 

@@ -254,15 +254,17 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_reload(args: argparse.Namespace) -> int:
     """Ask the daemon to reload; a refusal prints file:line: field: why."""
-    result = str(_ctl(locate(args), "reload"))
-    if not args.json:
-        print(result)
-        return 0
-    # The answer is "reloaded", then (after "; ...:") one line per setting that waits for a
-    # restart; a script wants those as a list.
-    first, *pending = result.split("\n")
-    print_json({"result": first.split(";")[0], "restart_needed": pending})
+    answer = _ctl(locate(args), "reload")
+    print_json(answer) if args.json else print(_reload_text(answer))
     return 0
+
+
+def _reload_text(answer: Any) -> str:
+    """The daemon's reload answer for people: `reloaded`, then what waits for a restart."""
+    pending = answer["restart_needed"]
+    if not pending:
+        return str(answer["result"])
+    return f"{answer['result']}; these take effect at the next restart:\n" + "\n".join(pending)
 
 
 # -- calls -------------------------------------------------------------------------------------
@@ -639,7 +641,7 @@ def run_rates_import(args: argparse.Namespace) -> int:
                            "keeps its rows):\n" + "\n".join(problems))
     _replace_file(declared.deck, text)
     try:
-        reload = str(_ctl(locate(args), "reload"))
+        reload = _reload_text(_ctl(locate(args), "reload"))
     except CommandError as exc:
         if "not running" not in exc.message:
             raise CommandError(f"{declared.deck} replaced ({len(destinations)} rows), but the "
