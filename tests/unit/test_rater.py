@@ -323,3 +323,26 @@ def test_a_full_memo_is_held_then_refilled(monkeypatch: pytest.MonkeyPatch) -> N
     assert rater.rate(numbers[0], "acme-1", "gw-01", NOV, 61) == fresh.rate(
         numbers[0], "acme-1", "gw-01", NOV, 61
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["441", "4420", "442", "4421"]), st.integers(0, 400)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_the_leg_memo_never_confuses_two_rows_or_two_charges(
+    calls: list[tuple[str, int]],
+) -> None:
+    """A warm rater answers every call as a rater that has seen nothing; the plans have
+    few rows, so rows and charged seconds that a careless memo key folds together meet."""
+    warm = Rater(PLANS, TRUNKS, CLIENTS)
+    for prefix, billsec in calls:
+        number = prefix + "1234567"
+        fresh = Rater(PLANS, TRUNKS, CLIENTS)
+        for client in ("gw-01", "gw-greedy"):
+            assert warm.rate(number, "acme-1", client, NOV, billsec) == fresh.rate(
+                number, "acme-1", client, NOV, billsec
+            )
