@@ -207,7 +207,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite ends it itself on some errors (disk full)
+                conn.execute("ROLLBACK")
             raise
     return len(MIGRATIONS)
 

@@ -204,6 +204,9 @@ def write_group(db: sqlite3.Connection, plan: _Plan) -> dict[str, _Known] | None
     return None
 
 
+FAIL_LOG_EVERY = 10.0
+"""Seconds between two log messages about failed groups (the rest are counted)."""
+
 WAL_CHECKPOINT_EVERY = 5_000
 """Transactions between WAL checkpoints (a call transaction adds ~16 KB of WAL frames: every
 commit rewrites the B-tree pages it touches, so 5,000 keep the WAL near 80 MB)."""
@@ -311,6 +314,8 @@ class Writer:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.on_commit: CommitHook | None = None
+        self._fail_logged = -FAIL_LOG_EVERY  # monotonic time of the last failure logged
+        self._fail_quiet = 0  # failures not logged since
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -373,7 +378,11 @@ class Writer:
             await self._wal_task
         try:
             await self._checkpoint()
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                # Every commit is durable in the WAL; the next open folds it in.
+                log.warning("ledger: WAL not folded into %s at close: %s", self._path, exc)
         finally:
             await self._conn.close()
 
@@ -495,7 +504,15 @@ class Writer:
                 else LedgerWriteFailed(f"group of {plan.size} transactions not written: {exc!r}")
             )
             plan.fail(err)
-            log.error("ledger: %s", err)
+            # A full disk fails every retry (the daemon retries each second): one message
+            # per FAIL_LOG_EVERY seconds, with how many were held back.
+            now = time.monotonic()
+            if now - self._fail_logged >= FAIL_LOG_EVERY:
+                more = f" ({self._fail_quiet} more failed groups since the last message)"
+                log.error("ledger: %s%s", err, more if self._fail_quiet else "")
+                self._fail_logged, self._fail_quiet = now, 0
+            else:
+                self._fail_quiet += 1
             return
         self._seq, self._hash = plan.seq, plan.prev
         self._balances.apply(plan.deltas.items(), plan.seq)
@@ -647,10 +664,16 @@ class Writer:
                 )
                 await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                # SQLite ends the transaction itself on some errors (SQLITE_FULL: disk full);
+                # a ROLLBACK then fails and its error would hide the real one.
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
                 raise
-        except Exception:
+        except (sqlite3.Error, OSError) as exc:
             # A missing checkpoint only makes the next open read a longer tail.
+            log.error("ledger: checkpoint at seq %d not written: %s", snap.seq, exc)
+            return
+        except Exception:
             log.exception("ledger: checkpoint at seq %d not written", snap.seq)
             return
         self._ckpt_seq = snap.seq

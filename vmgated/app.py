@@ -41,7 +41,7 @@ from vmgated.heap import (
     release_free_heap,
     tune_collector,
 )
-from vmgated.journal import CDR, HEP, Journal, Recovered
+from vmgated.journal import CDR, HEP, SNAPSHOT_RETRY_S, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
 from vmgated.logpace import LogPace
 from vmgated.metrics import (
@@ -487,7 +487,7 @@ class App:
         try:
             captured = self._capture()
         except BaseException:
-            self.journal.checkpoint_done()  # a failed try is spaced like a snapshot
+            self.journal.checkpoint_done(failed=True)
             raise
         self._snapshot_task = asyncio.get_running_loop().create_task(
             self._snapshot(*captured), name="dialog-snapshot"
@@ -501,12 +501,19 @@ class App:
 
     async def _snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
         """Encode and write a captured state on a worker thread (vmgated.journal)."""
+        failed = True
         try:
             await asyncio.to_thread(self._write_snapshot, gen, captured, pending)
+            failed = False
+        except OSError as exc:  # disk full, a read-only or vanished directory: one line
+            if self._tick_log.due("snapshot"):
+                log.error("dialog snapshot not written (the journal keeps every datagram; "
+                          "next try in %.0f s): %s", SNAPSHOT_RETRY_S, exc)
         except Exception:
-            log.exception("dialog snapshot not written (the journal keeps every datagram)")
+            if self._tick_log.due("snapshot"):
+                log.exception("dialog snapshot not written (the journal keeps every datagram)")
         finally:
-            self.journal.checkpoint_done()
+            self.journal.checkpoint_done(failed)
 
     def _write_snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
         self.journal.write_snapshot(gen, state.encode_pieces(encode_state(captured), pending))

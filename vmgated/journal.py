@@ -43,6 +43,7 @@ _HEAD = struct.Struct("!BH")
 _LEN = struct.Struct("!I")
 SNAPSHOT_MIN_S = 1.0  # at most one snapshot per tick
 SNAPSHOT_SHARE = 0.05  # of wall time spent building and writing snapshots, at most
+SNAPSHOT_RETRY_S = 10.0  # after a failed snapshot (disk full): each try starts a journal file
 _READ_CHUNK = 1 << 20  # bytes of journal read at a time when replaying
 _SENDER_CACHE = 4096  # distinct senders whose framed prefix is remembered; cleared when full
 
@@ -262,13 +263,19 @@ class Journal:
         """
         tmp = self.dir / "snapshot.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # as the journal
-        with open(fd, "wb") as f:
-            f.write(_SNAP_MAGIC + gen.to_bytes(4, "big"))
-            for piece in pieces:
-                f.write(piece)
-                time.sleep(0)  # let the event loop in between two pieces
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(fd, "wb") as f:
+                f.write(_SNAP_MAGIC + gen.to_bytes(4, "big"))
+                for piece in pieces:
+                    f.write(piece)
+                    time.sleep(0)  # let the event loop in between two pieces
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            # A part-written snapshot (disk full) would keep holding the space it took,
+            # which the ledger and the journal need; the old snapshot is still the truth.
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.dir / "snapshot")
         dir_fd = os.open(self.dir, os.O_RDONLY)
         try:
@@ -279,12 +286,17 @@ class Journal:
             if old < gen:
                 self._journal_path(old).unlink(missing_ok=True)
 
-    def checkpoint_done(self) -> None:
-        """The snapshot begun last is written (or failed): space the next one by its cost."""
+    def checkpoint_done(self, failed: bool = False) -> None:
+        """The snapshot begun last is written, or `failed`: space the next one by its cost,
+        or by SNAPSHOT_RETRY_S after a failure (each try starts a new journal generation,
+        which only a snapshot that succeeds removes)."""
         self._writing = False
         if self._started is not None:
             cost = time.monotonic() - self._started
-            self._next_due = self._started + max(SNAPSHOT_MIN_S, cost / SNAPSHOT_SHARE)
+            spacing = max(SNAPSHOT_MIN_S, cost / SNAPSHOT_SHARE)
+            if failed:
+                spacing = max(spacing, SNAPSHOT_RETRY_S)
+            self._next_due = self._started + spacing
             self._started = None
 
     def checkpoint(self, snapshot: bytes) -> None:

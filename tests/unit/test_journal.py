@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,38 @@ def test_no_second_snapshot_starts_while_one_is_written(tmp_path: Path) -> None:
     j.write_snapshot(gen, [b"s"])
     j.checkpoint_done()
     assert not j.checkpoint_due()  # spaced: at most one per SNAPSHOT_MIN_S
+
+
+def test_a_snapshot_the_disk_refuses_leaves_no_part_written_file_and_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while writing: the part-written snapshot.tmp used to stay, holding the space
+    the ledger needs, and a new try (and journal file) came every second."""
+    clock = [1000.0]
+    monkeypatch.setattr(journal.time, "monotonic", lambda: clock[0])
+    j = Journal(tmp_path)
+    j.recover()
+    j.checkpoint(b"state-1")
+    j.append(HEP, [(b"kept", ("127.0.0.1", 1))])
+
+    def pieces() -> Iterator[bytes]:
+        yield b"x" * 100_000
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert j.checkpoint_due()
+    gen = j.begin_checkpoint()
+    with pytest.raises(OSError):
+        j.write_snapshot(gen, pieces())
+    j.checkpoint_done(failed=True)
+    assert sorted(p.name for p in (tmp_path / "dialogs").iterdir()) == [
+        "journal.1", "journal.2", "snapshot"
+    ]
+    clock[0] += journal.SNAPSHOT_RETRY_S - 0.1
+    assert not j.checkpoint_due()
+    clock[0] += 0.2
+    assert j.checkpoint_due()
+    rec = Journal(tmp_path).recover()  # the old snapshot and both journals: nothing lost
+    assert rec.snapshot == b"state-1" and [e.payload for e in rec.entries()] == [b"kept"]
 
 
 def test_torn_tail_is_ignored() -> None:

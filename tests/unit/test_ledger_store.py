@@ -21,6 +21,7 @@ from ledger.errors import (
     KeyConflict,
     LedgerClosed,
     LedgerFull,
+    LedgerWriteFailed,
     NotZeroSum,
     SchemaError,
 )
@@ -394,3 +395,43 @@ def test_a_bug_while_planning_fails_the_taken_group_instead_of_stranding_it(
     with pytest.raises(RuntimeError, match="planning bug"):
         with_ledger(tmp_path / "l.db", run)
     assert checked == [True]
+
+
+def test_a_full_disk_is_reported_as_such_and_the_same_transactions_commit_later(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLITE_FULL ("database or disk is full"; here from max_page_count, as a full disk
+    gives it) ends the transaction inside SQLite. The failed group and the closing
+    checkpoint must say so: a ROLLBACK sent after it failed with "cannot rollback - no
+    transaction is active", and that was all the log showed of the checkpoint."""
+    path = tmp_path / "l.db"
+
+    async def limit(ledger: Ledger, extra_pages: int | None) -> None:
+        conn = ledger._writer._conn  # the write connection: its own page limit
+        row = await (await conn.execute("PRAGMA page_count")).fetchone()
+        assert row is not None
+        pages = 1 << 30 if extra_pages is None else row[0] + extra_pages
+        await conn.execute(f"PRAGMA max_page_count={pages}")
+
+    async def body(ledger: Ledger) -> None:
+        await limit(ledger, 0)
+        batch = [pay(f"P-{i}", customer=f"c{i}") for i in range(400)]
+        failed = await asyncio.gather(
+            *(ledger.submit_nowait(t) for t in batch), return_exceptions=True
+        )
+        assert all(isinstance(e, LedgerWriteFailed) for e in failed)
+        assert "database or disk is full" in str(failed[0])
+        assert ledger.balances.get("USD", "customer:c0") == 0
+        await limit(ledger, None)  # room again: the same transactions, once
+        receipts = await asyncio.gather(*(ledger.submit_nowait(t) for t in batch))
+        assert [r.existed for r in receipts] == [False] * 400
+        assert ledger.balances.get("USD", "customer:c0") == 1_000_000
+        await limit(ledger, 0)  # the closing checkpoint (401 accounts) does not fit
+
+    with caplog.at_level("WARNING", logger="ledger.writer"):
+        with_ledger(path, body)
+    logged = caplog.text
+    assert "checkpoint at seq 400 not written: database or disk is full" in logged
+    assert "cannot rollback" not in logged
+    assert count(path, "SELECT count(*) FROM transactions") == 400
+    assert verify(path).ok
