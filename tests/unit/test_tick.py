@@ -38,6 +38,7 @@ class _Journal:
     def __init__(self) -> None:
         self.due = 0
         self.done = 0
+        self.failed = 0
 
     def checkpoint_due(self) -> bool:
         self.due += 1
@@ -46,8 +47,9 @@ class _Journal:
     def begin_checkpoint(self) -> int:
         raise OSError(24, "Too many open files")
 
-    def checkpoint_done(self) -> None:
+    def checkpoint_done(self, failed: bool = False) -> None:
         self.done += 1
+        self.failed += failed
 
 
 def test_a_step_that_raises_neither_stops_the_others_nor_the_next_tick(
@@ -70,7 +72,7 @@ def test_a_step_that_raises_neither_stops_the_others_nor_the_next_tick(
     assert pipeline.expired == 2 and drained == ["drained", "drained"]
     # The snapshot that could not open its new journal was tried, and counted as done so that
     # the next try is spaced by its cost instead of coming every tick.
-    assert (journal.due, journal.done) == (2, 2)
+    assert (journal.due, journal.done, journal.failed) == (2, 2, 2)  # spaced as failures
     failures = [r.getMessage() for r in caplog.records]
     assert failures == ["periodic expire failed; the daemon goes on",
                         "periodic _maybe_snapshot failed; the daemon goes on"]
