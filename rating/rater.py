@@ -145,7 +145,7 @@ class _PlanRater:
         # Leg memo key = charged * stride + row serial: unique (serial < stride), and its low
         # bits, which pick a CPython dict's first slot (an int hashes to itself), vary with
         # both parts; odd, so charged * stride alone already spreads. `serial << 24 | charged`
-        # sent every unanswered leg (charged 0) of every row to one slot: 5-8% of a traffic call.
+        # sent every unanswered leg (charged 0) of every row to one slot (3-11% of a call).
         self.stride = len(plan.destinations) | 1
         self.memo_admit = _Admission(self.memo, _MEMO_LIMIT).admit
         self.codes: dict[str, Code | None] = {}
