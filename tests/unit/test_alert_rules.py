@@ -191,3 +191,46 @@ def test_low_prepaid_alert_fires_for_a_customer_with_no_postings(tmp_path: Path)
     result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_state_disk_that_refuses_writes_is_its_own_critical_alert(tmp_path: Path) -> None:
+    """Ledger retries and journal write errors (a full disk) used to surface only after
+    10 minutes as the warning "vmgated drops ledger datagrams (retry)": not drops, and
+    urgent (calls wait in memory)."""
+    promtool = _promtool()
+    if promtool is None:
+        return  # no Prometheus package here: the promtool check above falls back too
+    labels = 'instance="gw:9100",job="vmgated"'
+    series = {
+        f'vmgated_packets_total{{{labels},input="ledger",result="retry"}}': "0+30x20",
+        f'vmgated_packets_total{{{labels},input="journal",result="write_error"}}': "0+300x20",
+        f'vmgated_packets_total{{{labels},input="hep",result="ok"}}': "0+600x20",
+    }
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in series.items()],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "VmgatedStateNotWritten",
+                 "exp_alerts": [
+                     {"exp_labels": {"severity": "critical", "instance": "gw:9100",
+                                     "job": "vmgated", "input": inp},
+                      "exp_annotations": {
+                          "summary": f"vmgated cannot write its state directory ({inp})",
+                          "description": f"{count} write failures in 5 minutes (disk full, "
+                          "read-only or failing disk: df, dmesg). ledger: finished calls wait "
+                          "in memory and are billed once there is room; journal: datagrams "
+                          "are billed but not crash-safe. Do not restart while it fires: what "
+                          "the journal could not write is only in memory."}}
+                     for inp, count in (("journal", "1.5k"), ("ledger", "150"))]},
+                {"eval_time": "15m", "alertname": "VmgatedPacketsDropped", "exp_alerts": []},
+            ],
+        }],
+    }
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
