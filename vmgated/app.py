@@ -193,7 +193,8 @@ class App:
 
     def _replay(self, recovered: Recovered) -> int:
         """Feed the journalled datagrams through the pipeline again, in order, in batches."""
-        feeds = {HEP: partial(self.pipeline.feed_hep, replaying=True),
+        feeds: dict[int, Callable[[list[tuple[bytes, Addr]]], object]] = {
+            HEP: partial(self.pipeline.feed_hep, replaying=True),
                  CDR: self.pipeline.feed_cdr}
         senders: dict[str, Addr] = {}  # a proxy sends from a handful of addresses
         batch: list[tuple[bytes, Addr]] = []
@@ -614,8 +615,13 @@ class App:
         return old, pending
 
     # -- stop ------------------------------------------------------------------------------
-    async def stop(self) -> None:
-        """Stop listening, flush every pending call into the ledger, persist, close."""
+    async def stop(self) -> bool:
+        """Stop listening, flush every pending call into the ledger, persist, close.
+
+        False when the dialog snapshot could not be written (disk full, read-only state dir):
+        the calls in memory then survive only as far as the journal holds them, which the
+        log says in one CRITICAL line and the exit status shows (`serve` returns 1).
+        """
         systemd.stopping()
         for listener in self.listeners:
             listener.stop()
@@ -638,10 +644,38 @@ class App:
             await asyncio.sleep(0)  # run the commit callbacks that clear `pending`
             if self._snapshot_task is not None:
                 await self._snapshot_task  # one snapshot at a time: the journal needs that
+            try:
+                saved = self._final_checkpoint()
+            finally:
+                self.journal.close()
+                self.gc_clock.uninstall()
+                self._release_state_dir()
+        return saved
+
+    def _final_checkpoint(self) -> bool:
+        """`checkpoint` at stop; on OSError say what survives, in one line, and return False.
+
+        The older snapshot and every journal since stay on disk (only a snapshot that is
+        written removes them), so the next start recovers each call whose datagrams were
+        journalled; datagrams the journal could not write either are in memory only.
+        """
+        in_progress, uncommitted = len(self.pipeline.tracker), len(self.pending)
+        try:
             self.checkpoint()
-            self.journal.close()
-            self.gc_clock.uninstall()
-            self._release_state_dir()
+        except OSError as exc:
+            unjournalled = self.counters.packets[("journal", "write_error")]
+            log.critical(
+                "dialog snapshot not written at stop: %s. %d calls not yet in the ledger and "
+                "%d calls in progress are recovered at the next start only from the journal; "
+                "%d datagrams since start could not be journalled either, and calls that "
+                "depend on them are lost (make room in the state directory before a restart)",
+                exc, uncommitted, in_progress, unjournalled,
+            )
+            return False
+        if uncommitted:
+            log.warning("stopped with %d calls not yet in the ledger: they are in the dialog "
+                        "snapshot and are billed at the next start", uncommitted)
+        return True
 
 
 class _Balances:
@@ -736,8 +770,7 @@ async def serve(config_path: Path, reload_asked: Callable[[], bool] = lambda: Fa
              config.listen.metrics.port, config.listen.control)
     await app.stopping.wait()
     log.info("stopping: draining and flushing the ledger")
-    await app.stop()
-    return 0
+    return 0 if await app.stop() else 1
 
 
 def run(config_path: Path, reload_asked: Callable[[], bool] = lambda: False) -> int:

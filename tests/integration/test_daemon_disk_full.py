@@ -70,3 +70,40 @@ def test_a_full_disk_delays_billing_and_loses_nothing(env: Env) -> None:
     assert env.daemon.stop() == 0
     assert len(env.calls()) == 21
     assert verify(env.daemon.ledger_path).ok
+
+
+def active_calls(env: Env) -> int:
+    return sum(int(m.group(1)) for m in re.finditer(r"^vmgated_active_calls\{.*\} (\d+)$",
+                                                    env.scrape(), re.M))
+
+
+def test_a_stop_that_cannot_write_its_snapshot_says_so_and_fails(env: Env) -> None:
+    var = env.dir / "var"
+    env.send(Call("before"))
+    env.wait_calls(1, timeout=20)
+    for name in ("filler", "filler-pages"):  # 64 KiB blocks, then the last 4 KiB pages
+        subprocess.run(["dd", "if=/dev/zero", f"of={var / name}", "bs=64k" if name == "filler"
+                        else "bs=4k"], capture_output=True)
+    env.send(*(Call(f"done-{i}") for i in range(5)))
+    # Calls still up: their snapshot (~300 KB) is more than the WAL that closing the ledger
+    # gives back, so the last snapshot meets the full disk too.
+    env.send(*(Call(f"up-{i}", end=None) for i in range(1000)))
+    wait_for(lambda: active_calls(env) == 1000, timeout=30)
+    wait_for(lambda: counter(env, "ledger", "retry") >= 5, timeout=30)
+
+    assert env.daemon.stop() == 1  # systemd shows the unit failed
+    logs = env.daemon.logs()
+    line = next(ln for ln in logs.splitlines() if "snapshot not written at stop" in ln)
+    assert line.startswith("CRITICAL")
+    assert "No space left on device" in line
+    assert "5 calls not yet in the ledger and 1000 calls in progress" in line
+    assert "Traceback" not in logs
+
+    # Room again: the start recovers from the older snapshot and the journal, bills
+    # nothing twice, and the ledger's chain holds.
+    for name in ("filler", "filler-pages"):
+        (var / name).unlink()
+    env.daemon.start()
+    assert [r["call_id"] for r in env.calls()].count("before") == 1
+    assert env.daemon.stop() == 0
+    assert verify(env.daemon.ledger_path).ok
