@@ -234,3 +234,43 @@ def test_a_state_disk_that_refuses_writes_is_its_own_critical_alert(tmp_path: Pa
     result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_growing_ledger_backlog_warns_before_memory_runs_out(tmp_path: Path) -> None:
+    """Calls waiting for the ledger hold ~6 KB each (measured on a full-disk tmpfs): a slow
+    disk that never fails a commit raises no retry, so the depth itself has to alert."""
+    promtool = _promtool()
+    if promtool is None:
+        return  # no Prometheus package here: the promtool check above falls back too
+    labels = 'instance="gw:9100",job="vmgated"'
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                # Normal traffic: a burst above the line for less than a minute, then growth.
+                {"series": f"vmgated_ledger_queue_depth{{{labels}}}",
+                 "values": "3 40 12000 5 8 6000 12000 18000 24000"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "3m", "alertname": "VmgatedLedgerBacklog", "exp_alerts": []},
+                {"eval_time": "7m", "alertname": "VmgatedLedgerBacklog",
+                 "exp_alerts": [{
+                     "exp_labels": {"severity": "warning", "instance": "gw:9100",
+                                    "job": "vmgated"},
+                     "exp_annotations": {
+                         "summary": "18k finished calls wait for the ledger",
+                         "description": "Billing is behind: the ledger takes calls more "
+                         "slowly than they end, or cannot write (see VmgatedStateNotWritten). "
+                         "Each waiting call holds about 6 KB of memory (20,000 waiting: ~100 "
+                         "MB RSS) until it is committed; check the disk under the state "
+                         "directory (iostat, df)."}}]},
+            ],
+        }],
+    }
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
