@@ -55,7 +55,7 @@ from vmgated.metrics import (
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
-from vmgated.statedir import check_owner, explain_denied, lock_state_dir
+from vmgated.statedir import check_owner, explain_denied, lock_state_dir, room_note
 
 log = logging.getLogger("vmgated")
 TICK_S = 1.0
@@ -741,8 +741,9 @@ async def serve(config_path: Path, reload_asked: Callable[[], bool] = lambda: Fa
         # An address in use, a missing directory for the control socket, another daemon on
         # it, a ledger it cannot open: said in one line, and the process exits (systemd sees
         # the failure). Anything else keeps its traceback, and exits too (`_abort_start`).
-        log.error("cannot start: %s",
-                  explain_denied(exc) if isinstance(exc, OSError) else exc)
+        log.error("cannot start: %s%s",
+                  explain_denied(exc) if isinstance(exc, OSError) else exc,
+                  room_note(exc, config.state_dir))
         return 1
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.stopping.set)

@@ -8,12 +8,13 @@ import fcntl
 import grp
 import os
 import pwd
+import sqlite3
 import stat
 from pathlib import Path
 
 __all__ = [
     "StateDirBusy", "StateDirNotOurs", "check_owner", "explain_denied", "group_name",
-    "lock_state_dir", "user_name",
+    "lock_state_dir", "room_note", "user_name",
 ]  # fmt: skip
 
 
@@ -39,8 +40,12 @@ def lock_state_dir(state_dir: Path) -> int:
             f"state dir {state_dir} is in use by another vmgated (pid {holder}); stop it, "
             "or give this one a state_dir of its own"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: say which file, as os.open would have
+        os.close(fd)
+        raise OSError(exc.errno, exc.strerror, str(state_dir / "vmgated.lock")) from exc
     return fd
 
 
@@ -79,6 +84,40 @@ def explain_denied(exc: OSError) -> str:
         return text
     return (f"{text} (owned by {user_name(st.st_uid)}:{group_name(st.st_gid)}, mode "
             f"{stat.S_IMODE(st.st_mode):04o}; vmgated runs as {user_name(os.geteuid())})")
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def room_note(exc: BaseException, state_dir: Path) -> str:
+    """For a write the state dir's filesystem refused (full, over quota, read-only; OSError
+    or SQLite's "database or disk is full"), how much room it has, e.g. " (state dir
+    /var/lib/vmgated: 0 B free of 4.0 GiB)"; else ""."""
+    if isinstance(exc, OSError):
+        if exc.errno not in _NO_ROOM:
+            return ""
+    elif not isinstance(exc, sqlite3.Error) or not (
+        "full" in str(exc) or "readonly" in str(exc)
+    ):
+        return ""
+    try:
+        st = os.statvfs(state_dir)
+    except OSError:
+        return ""
+    ro = ", read-only" if st.f_flag & os.ST_RDONLY else ""
+    return (f" (state dir {state_dir}: {_size(st.f_bavail * st.f_frsize)} free of "
+            f"{_size(st.f_blocks * st.f_frsize)}{ro})")
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{value:.1f} {unit}"
 
 
 def user_name(uid: int) -> str:

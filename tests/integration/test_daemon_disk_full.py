@@ -9,6 +9,7 @@ real ENOSPC.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -107,3 +108,18 @@ def test_a_stop_that_cannot_write_its_snapshot_says_so_and_fails(env: Env) -> No
     assert [r["call_id"] for r in env.calls()].count("before") == 1
     assert env.daemon.stop() == 0
     assert verify(env.daemon.ledger_path).ok
+
+
+def test_a_start_on_a_full_disk_names_the_file_and_the_room_left(env: Env) -> None:
+    var = env.dir / "var"
+    assert env.daemon.stop() == 0
+    for path in var.iterdir():  # a state dir being set up again, on a disk already full
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name, block in (("filler", "64k"), ("filler-pages", "4k")):
+        subprocess.run(["dd", "if=/dev/zero", f"of={var / name}", f"bs={block}"],
+                       capture_output=True)
+    with pytest.raises(RuntimeError, match="vmgated exited 1"):
+        env.daemon.start(timeout=20)
+    line = next(ln for ln in env.daemon.logs().splitlines() if "cannot start" in ln)
+    assert f"No space left on device: '{var / 'vmgated.lock'}'" in line
+    assert f"(state dir {var}: 0 B free of 4.0 MiB)" in line
