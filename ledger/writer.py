@@ -316,6 +316,7 @@ class Writer:
         self.on_commit: CommitHook | None = None
         self._fail_logged = -FAIL_LOG_EVERY  # monotonic time of the last failure logged
         self._fail_quiet = 0  # failures not logged since
+        self._failing = False  # the last group written failed
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -513,7 +514,13 @@ class Writer:
                 self._fail_logged, self._fail_quiet = now, 0
             else:
                 self._fail_quiet += 1
+            self._failing = True
             return
+        if self._failing:
+            # Said once, with the failures the pacing held back: they may be all there is.
+            more = f" ({self._fail_quiet} failed groups since the last message)"
+            log.warning("ledger: writing again%s", more if self._fail_quiet else "")
+            self._failing, self._fail_quiet = False, 0
         self._seq, self._hash = plan.seq, plan.prev
         self._balances.apply(plan.deltas.items(), plan.seq)
         self.used_rates |= plan.new_rates

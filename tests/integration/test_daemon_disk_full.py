@@ -68,6 +68,10 @@ def test_a_full_disk_delays_billing_and_loses_nothing(env: Env) -> None:
     assert sorted(r["call_id"] for r in rows) == sorted(
         ["before", *(f"full-{i}" for i in range(20))]
     )
+    # The recovery is said, with the failures the pacing held back (retried each second).
+    again = re.search(r"ledger: writing again \((\d+) failed groups since the last message\)",
+                      env.daemon.logs())
+    assert again is not None and int(again.group(1)) >= 1
     assert env.daemon.stop() == 0
     assert len(env.calls()) == 21
     assert verify(env.daemon.ledger_path).ok
