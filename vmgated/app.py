@@ -195,7 +195,8 @@ class App:
         """Feed the journalled datagrams through the pipeline again, in order, in batches."""
         feeds: dict[int, Callable[[list[tuple[bytes, Addr]]], object]] = {
             HEP: partial(self.pipeline.feed_hep, replaying=True),
-                 CDR: self.pipeline.feed_cdr}
+            CDR: self.pipeline.feed_cdr,
+        }
         senders: dict[str, Addr] = {}  # a proxy sends from a handful of addresses
         batch: list[tuple[bytes, Addr]] = []
         kind = HEP
@@ -665,11 +666,12 @@ class App:
         except OSError as exc:
             unjournalled = self.counters.packets[("journal", "write_error")]
             log.critical(
-                "dialog snapshot not written at stop: %s. %d calls not yet in the ledger and "
+                "dialog snapshot not written at stop: %s%s. %d calls not yet in the ledger and "
                 "%d calls in progress are recovered at the next start only from the journal; "
                 "%d datagrams since start could not be journalled either, and calls that "
                 "depend on them are lost (make room in the state directory before a restart)",
-                exc, uncommitted, in_progress, unjournalled,
+                exc, room_note(exc, self.config.state_dir), uncommitted, in_progress,
+                unjournalled,
             )
             return False
         if uncommitted:
