@@ -2,10 +2,13 @@
 `sqlite3.executemany` of the same rows into the same schema, in the same run.
 
     /work/venv/bin/python bench/ledger.py [--calls 100000] [--payments 50000]
+                                          [--window 2000] [--cpython-gc]
 
-Writer: `call_tx` + `submit_nowait` per call, as vmgated's pipeline does, as fast as the queue
-takes them (retrying on LedgerFull, yielding to the loop every YIELD_EVERY), every future
-awaited, so every counted transaction is acknowledged as durable (WAL, synchronous=FULL).
+Writer: `call_tx` + `submit_nowait` per call, as vmgated's pipeline does, as fast as the
+writer acknowledges them (at most WINDOW in flight; yielding to the loop every YIELD_EVERY),
+under the daemon's collector thresholds with the pre-built inputs frozen; the clock stops at
+the last acknowledgement, so every counted transaction is durable (WAL, synchronous=FULL).
+`--window 0 --cpython-gc` is the method of the figures before 2026-11-24 (bench/README.md).
 Baseline: the rows the writer would write (pre-encoded, pre-hashed) inserted with one
 executemany per table and one COMMIT per 2,000 transactions — the floor SQLite itself sets.
 Commit latency is the writer's own per-group time (planning + BEGIN → COMMIT), p50/p99.
