@@ -141,6 +141,15 @@ def _promtool() -> str | None:
                                         if Path("/usr/bin/promtool").exists() else None)
 
 
+def run_rule_test(promtool: str, tmp_path: Path, test: dict[str, Any]) -> None:
+    """`promtool test rules` on one unit-test document; fail with promtool's own words."""
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(test))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_low_prepaid_alert_fires_for_a_customer_with_no_postings(tmp_path: Path) -> None:
     # The exporter's own text as promtool's input: `orbit` (prepaid, never called or paid)
     # must alert at 0, `acme` (prepaid, 5.000000) too, `bigco` (prepaid, 50) not. Before,
@@ -186,11 +195,7 @@ def test_low_prepaid_alert_fires_for_a_customer_with_no_postings(tmp_path: Path)
             }],
         }],
     }
-    path = tmp_path / "test.yml"
-    path.write_text(yaml.safe_dump(test))
-    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_rule_test(promtool, tmp_path, test)
 
 
 def test_a_state_disk_that_refuses_writes_is_its_own_critical_alert(tmp_path: Path) -> None:
@@ -229,11 +234,7 @@ def test_a_state_disk_that_refuses_writes_is_its_own_critical_alert(tmp_path: Pa
             ],
         }],
     }
-    path = tmp_path / "test.yml"
-    path.write_text(yaml.safe_dump(test))
-    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_rule_test(promtool, tmp_path, test)
 
 
 def test_a_growing_ledger_backlog_warns_before_memory_runs_out(tmp_path: Path) -> None:
@@ -269,8 +270,4 @@ def test_a_growing_ledger_backlog_warns_before_memory_runs_out(tmp_path: Path) -
             ],
         }],
     }
-    path = tmp_path / "test.yml"
-    path.write_text(yaml.safe_dump(test))
-    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_rule_test(promtool, tmp_path, test)
