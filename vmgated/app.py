@@ -55,7 +55,7 @@ from vmgated.metrics import (
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
-from vmgated.statedir import check_owner, explain_denied, lock_state_dir, room_note
+from vmgated.statedir import check_owner, explain, lock_state_dir
 
 log = logging.getLogger("vmgated")
 TICK_S = 1.0
@@ -510,7 +510,8 @@ class App:
         except OSError as exc:  # disk full, a read-only or vanished directory: one line
             if self._tick_log.due("snapshot"):
                 log.error("dialog snapshot not written (the journal keeps every datagram; "
-                          "next try in %.0f s): %s", SNAPSHOT_RETRY_S, exc)
+                          "next try in %.0f s): %s", SNAPSHOT_RETRY_S,
+                          explain(exc, self.config.state_dir))
         except Exception:
             if self._tick_log.due("snapshot"):
                 log.exception("dialog snapshot not written (the journal keeps every datagram)")
@@ -666,12 +667,11 @@ class App:
         except OSError as exc:
             unjournalled = self.counters.packets[("journal", "write_error")]
             log.critical(
-                "dialog snapshot not written at stop: %s%s. %d calls not yet in the ledger and "
+                "dialog snapshot not written at stop: %s. %d calls not yet in the ledger and "
                 "%d calls in progress are recovered at the next start only from the journal; "
                 "%d datagrams since start could not be journalled either, and calls that "
                 "depend on them are lost (make room in the state directory before a restart)",
-                exc, room_note(exc, self.config.state_dir), uncommitted, in_progress,
-                unjournalled,
+                explain(exc, self.config.state_dir), uncommitted, in_progress, unjournalled,
             )
             return False
         if uncommitted:
@@ -743,9 +743,7 @@ async def serve(config_path: Path, reload_asked: Callable[[], bool] = lambda: Fa
         # An address in use, a missing directory for the control socket, another daemon on
         # it, a ledger it cannot open: said in one line, and the process exits (systemd sees
         # the failure). Anything else keeps its traceback, and exits too (`_abort_start`).
-        log.error("cannot start: %s%s",
-                  explain_denied(exc) if isinstance(exc, OSError) else exc,
-                  room_note(exc, config.state_dir))
+        log.error("cannot start: %s", explain(exc, config.state_dir))
         return 1
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, app.stopping.set)

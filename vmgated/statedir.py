@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 __all__ = [
-    "StateDirBusy", "StateDirNotOurs", "check_owner", "explain_denied", "group_name",
+    "StateDirBusy", "StateDirNotOurs", "check_owner", "explain", "group_name",
     "lock_state_dir", "room_note", "user_name",
 ]  # fmt: skip
 
@@ -84,6 +84,13 @@ def explain_denied(exc: OSError) -> str:
         return text
     return (f"{text} (owned by {user_name(st.st_uid)}:{group_name(st.st_gid)}, mode "
             f"{stat.S_IMODE(st.st_mode):04o}; vmgated runs as {user_name(os.geteuid())})")
+
+
+def explain(exc: BaseException, state_dir: Path) -> str:
+    """A start or state-write failure in one line: `exc`, whose file it is when access was
+    denied (`explain_denied`), and the room left when the filesystem refused (`room_note`)."""
+    text = explain_denied(exc) if isinstance(exc, OSError) else str(exc)
+    return text + room_note(exc, state_dir)
 
 
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
