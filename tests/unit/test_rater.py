@@ -219,40 +219,66 @@ def test_memoised_legs_equal_fresh_ones(rater: Rater) -> None:
     assert hash(again) == hash(fresh)
 
 
-def test_a_number_seen_before_is_still_priced_by_the_row_valid_at_each_call() -> None:
-    """The rater remembers each number's longest code, never the row: time is resolved per call."""
-    promo = plan(
-        "promo",
-        Scope.CUSTOMER,
-        "44,UK,2026-01-01,,0.0200,,60,60",
-        "4420,London promo,2026-06-01,2026-12-01,0.0100,,60,60",
-        "4420,London 2027,2027-01-01,,0.0300,,60,60",
-    )
-    rater = Rater({"promo": promo}, {"t": TrunkTariff("t", "acme", "promo", "")}, {})
-    times = {
-        "2027-02-01T00:00:00Z": ("4420", 30_000),  # the 2027 row: the code's last segment
-        "2026-07-01T00:00:00Z": ("4420", 10_000),  # the promo, found by bisect
-        "2026-12-15T00:00:00Z": ("44", 20_000),  # promo over, 2027 not yet: falls back to 44
-        "2026-03-01T00:00:00Z": ("44", 20_000),  # before any 4420 row
-    }
-    for _ in range(2):  # the second round finds the number in the memo
-        for when, (prefix, amount) in times.items():
-            leg = rater.rate("442071234567", "t", None, parse_time(when), 60).customer
+PROMO = plan(
+    "promo",
+    Scope.CUSTOMER,
+    "44,UK,2026-01-01,,0.0200,,60,60",
+    "4420,London promo,2026-06-01,2026-12-01,0.0100,,60,60",
+    "4420,London 2027,2027-01-01,,0.0300,,60,60",
+)
+PROMO_TIMES = {
+    "2027-02-01T00:00:00Z": ("4420", 30_000),  # the 2027 row: the code's last segment
+    "2026-07-01T00:00:00Z": ("4420", 10_000),  # the promo, found by bisect
+    "2026-12-15T00:00:00Z": ("44", 20_000),  # promo over, 2027 not yet: falls back to 44
+    "2026-03-01T00:00:00Z": ("44", 20_000),  # before any 4420 row
+}
+
+
+@pytest.mark.parametrize("client", [None, "gw-01", "gw-direct"])
+def test_a_number_seen_before_is_still_priced_by_the_row_valid_at_each_call(
+    client: str | None,
+) -> None:
+    """The rater remembers a number's rows only from the latest change in their codes on
+    (the route); a call before that is resolved at its own start, on every path."""
+    plans = {**PLANS, "promo": PROMO}
+    rater = Rater(plans, {"t": TrunkTariff("t", "acme", "promo", "")}, CLIENTS)
+    for _ in range(2):  # the second round finds the number in the memos
+        for when, (prefix, amount) in PROMO_TIMES.items():
+            leg = rater.rate("442071234567", "t", client, parse_time(when), 60).customer
             assert (leg.prefix, leg.amount) == (prefix, amount), when
 
 
-def test_the_number_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("rating.rater._CODES_LIMIT", 8)
+def test_the_route_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rating.rater._ROUTES_LIMIT", 8)
     rater = Rater(PLANS, TRUNKS, CLIENTS)
     for n in range(50):
         call = rater.rate(f"4420{n:08d}", "acme-1", "gw-01", NOV, 61)
         assert call.customer.prefix == "4420"
-    assert 0 < len(rater._plans["retail"].codes) <= 8
-    rater._plans["retail"].codes.clear()
+    assert 0 < len(rater._routes) <= 8
+    rater._routes.clear()
     huge = "4420" + "1" * 10_000  # garbage from the wire: rated, never kept
     assert rater.rate(huge, "acme-1", "gw-01", NOV, 61).customer.prefix == "4420"
-    assert not rater._plans["retail"].codes
+    assert not rater._routes
     assert rater.rate("999", "acme-1", "gw-01", NOV, 61).customer.unrated == "no_rate"
+    assert not rater._routes  # a number some leg cannot price has no route
+
+
+def test_a_number_on_another_trunk_or_client_is_priced_for_that_one() -> None:
+    """A route belongs to one trunk and client: the same dialled text on a trunk with a
+    tech prefix, or to another client, is normalised and priced afresh."""
+    warm = Rater(PLANS, TRUNKS, CLIENTS)
+    number = "0101#442071234567"
+    for trunk, client in [
+        ("acme-1", "gw-01"),
+        ("acme-2", "gw-01"),
+        ("acme-2", "gw-greedy"),
+        ("acme-1", "gw-direct"),
+        ("acme-1", "gw-01"),
+    ]:
+        call = warm.rate(number, trunk, client, NOV, 61)
+        assert call == Rater(PLANS, TRUNKS, CLIENTS).rate(number, trunk, client, NOV, 61)
+    assert warm.rate(number, "acme-2", "gw-01", NOV, 61).customer.prefix == "4420"
+    assert warm.rate(number, "acme-1", "gw-01", NOV, 61).customer.unrated == "no_rate"  # 0101…
 
 
 def test_sample_tenant_rates_the_readme_example() -> None:
@@ -296,30 +322,27 @@ def test_each_leg_equals_the_reference_formula(
         assert leg.rate_per_min is not None and leg.connection_fee is not None
         charged = charged_seconds(billsec, leg.connection_sec, leg.billing_block_sec)
         assert leg.charged_sec == charged
-        assert leg.amount == amount_micros(
-            leg.rate_per_min, leg.connection_fee, charged, answered
-        )
+        assert leg.amount == amount_micros(leg.rate_per_min, leg.connection_fee, charged, answered)
 
 
 def test_a_full_memo_is_held_then_refilled(monkeypatch: pytest.MonkeyPatch) -> None:
     """Full: no insertions for _HOLD × limit misses (numbers that never repeat cannot thrash
     it), then a fresh start; every answer is the same as without a memo."""
-    monkeypatch.setattr("rating.rater._CODES_LIMIT", 4)
+    monkeypatch.setattr("rating.rater._ROUTES_LIMIT", 4)
     monkeypatch.setattr("rating.rater._MEMO_LIMIT", 4)
     rater = Rater(PLANS, TRUNKS, CLIENTS)
     fresh = Rater(PLANS, TRUNKS, CLIENTS)
-    retail = rater._plans["retail"]
     numbers = [f"4420{n:08d}" for n in range(4)]
     for number in numbers:
         rater.rate(number, "acme-1", "gw-01", NOV, 61)
-    assert set(retail.codes) == set(numbers)
+    assert set(rater._routes) == set(numbers)
     for n in range(4 * 4 - 1):  # misses while full: refused, the first four stay
         call = rater.rate(f"4421{n:08d}", "acme-1", "gw-01", NOV, 61 + n)
         assert call == fresh.rate(f"4421{n:08d}", "acme-1", "gw-01", NOV, 61 + n)
-        assert set(retail.codes) == set(numbers)
-    assert len(retail.memo) <= 4
+        assert set(rater._routes) == set(numbers)
+    assert len(rater._plans["retail"].memo) <= 4
     rater.rate("442299999999", "acme-1", "gw-01", NOV, 61)  # the 16th miss: a fresh start
-    assert list(retail.codes) == ["442299999999"]
+    assert list(rater._routes) == ["442299999999"]
     assert rater.rate(numbers[0], "acme-1", "gw-01", NOV, 61) == fresh.rate(
         numbers[0], "acme-1", "gw-01", NOV, 61
     )
@@ -346,3 +369,41 @@ def test_the_leg_memo_never_confuses_two_rows_or_two_charges(
             assert warm.rate(number, "acme-1", client, NOV, billsec) == fresh.rate(
                 number, "acme-1", client, NOV, billsec
             )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            # Few values, so that a number meets itself on another trunk, client or time.
+            st.sampled_from(["442071234567", "+44 20 7123 4567", "0101#442071234567", "999"]),
+            st.sampled_from(["acme-2", "promo-t", "bare", "nope"]),
+            st.sampled_from(["gw-01", "gw-direct", "gw-resnoplan", "gw-promo-r", "nope"]),
+            st.sampled_from(list(PROMO_TIMES)),
+            st.integers(0, 200),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_warm_rater_answers_every_call_as_the_general_path(
+    calls: list[tuple[str, str, str, str, int, bool]],
+) -> None:
+    """Whatever came before — other trunks, clients, times, number forms — a rater that
+    learns routes answers as one that never does (every leg resolved at its own start)."""
+    plans = {
+        **PLANS,
+        "promo": PROMO,
+        "promo-r": RatePlan("promo-r", Scope.RESELLER, "USD", PROMO.destinations),
+    }
+    trunks = {**TRUNKS, "promo-t": TrunkTariff("promo-t", "acme", "promo", "")}
+    clients = {**CLIENTS, "gw-promo-r": ClientTariff("gw-promo-r", "client", "r-g", "promo-r")}
+    warm = Rater(plans, trunks, clients)
+    general = Rater(plans, trunks, clients)
+    general._routes_admit = lambda: False  # no route is ever learnt: leg by leg
+    for number, trunk, client, when, billsec, answered in calls:
+        start = parse_time(when)
+        got = warm.rate(number, trunk, client, start, billsec, answered)
+        assert got == general.rate(number, trunk, client, start, billsec, answered)
+    assert not general._routes
