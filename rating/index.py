@@ -33,6 +33,9 @@ from rating.pace import EVERY, pace
 from rating.tariff import Tariff
 from rating.units import EpochUs
 
+NEVER_BEFORE = -(1 << 63)  # bounds of a time span with no end on that side (EpochUs)
+NEVER_AFTER = 1 << 63
+
 
 class IndexedRow:
     """A destination row with its integer tariff, flattened for the rater's hot path."""
@@ -89,6 +92,29 @@ class Code:
             return self.last_row
         i = bisect_right(self.starts, when) - 1
         return self.rows[i] if i >= 0 else None
+
+    def window(self, when: EpochUs) -> tuple[IndexedRow | None, EpochUs, EpochUs]:
+        """What `resolve(when)` gives, and the span `[lo, hi)` of times that give the same.
+
+        The span is the intersection of the segments around `when` of every code the walk
+        visits (the ones with no row then included: a row of theirs that starts would take
+        over), so a caller may reuse the answer for any call starting inside it.
+        """
+        lo, hi = NEVER_BEFORE, NEVER_AFTER
+        entry: Code | None = self
+        while entry is not None:
+            starts = entry.starts
+            i = bisect_right(starts, when) - 1
+            if i + 1 < len(starts) and starts[i + 1] < hi:
+                hi = starts[i + 1]
+            if i >= 0:
+                if starts[i] > lo:
+                    lo = starts[i]
+                row = entry.rows[i]
+                if row is not None:
+                    return row, lo, hi
+            entry = entry.parent
+        return None, lo, hi
 
     def resolve(self, when: EpochUs) -> IndexedRow | None:
         """The row valid at `when` of this code, else of the longest shorter code that has one."""

@@ -22,12 +22,13 @@ Speed (SPEC §10 asks for 1,000,000 legs/s): `Leg` and `RatedCall` are NamedTupl
 subscribers and destinations recur:
 
 * routes: per dialled number (as the signalling carried it), the trunk and client it was last
-  rated on, its normalised digits, and the three rows that price it from the latest change in
-  their codes' timelines on (`_Route`). A call on the same trunk and client that starts at or
-  after that point skips normalising and all three prefix searches: one dict probe instead
-  of three. Calls before it (a rerate of last year), a leg without plan or rate, an unknown
-  trunk or client, or a number last seen on another trunk or client take the general path,
-  leg by leg, which resolves the row valid at the call's start exactly as before.
+  rated on, its normalised digits, the three rows that price it, and the span of start times
+  over which those rows stay the ones `Code.resolve` would find (`_Route`, `Code.window`). A
+  call on the same trunk and client that starts inside the span skips normalising and all
+  three prefix searches: one dict probe instead of three. Any other call (another trunk or
+  client, outside the span: a rerate of last year, a price change that has come into force)
+  learns the route again; a leg without plan or rate, or an unknown trunk or client, takes
+  the general path, leg by leg.
 * legs, per plan, by (plan row, charged seconds): a leg is a pure function of those two, so
   60 s blocks and hot destinations hit; an unanswered call's three legs are kept on its
   route.
@@ -40,7 +41,8 @@ inserting each miss and clearing the dict whenever it filled cost more than the 
 saved (the clear frees 65,536 cold entries at once), 4.6 instead of 2.6 µs a leg in
 `bench/rating.py`'s uniform workload. Traffic that repeats fills the memo with what is
 frequent and hits it while held; the periodic fresh start follows it when it drifts.
-Measured with three 100,000-row plans after a day of mixed traffic: ~50 MB for all memos.
+Memory, every memo full (three 100,000-row plans, 1.2 million calls of both `bench/rating.py`
+workloads): 46 MB, plus ~4 MB of dialled-number keys when they are not shared with the caller.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from rating.index import IndexedRow, PrefixIndex
+from rating.index import NEVER_AFTER, NEVER_BEFORE, IndexedRow, PrefixIndex
 from rating.model import Leg, Party, RatedCall, RatePlan, Scope
 from rating.number import normalise
 from rating.units import EpochUs
@@ -257,18 +259,20 @@ class _Client:
 
 
 class _Route(NamedTuple):
-    """How one number is priced on one trunk and client, for calls from `since` on.
+    """How one number is priced on one trunk and client, for calls starting in [lo, hi).
 
-    `since` is the latest change in the three codes' timelines, and each row is its code's
-    last (open-ended) row, so a call starting at or after `since` is priced by exactly these
-    rows, as `Code.resolve` would find them. `idle` holds the three legs of an unanswered
-    call (0 seconds, nothing due), nearly half of all calls.
+    Each row is what `Code.resolve` finds for the number in its plan at any instant of the
+    span (`Code.window`: the intersection of the three plans' spans), so a future price
+    change or the end of a promo bounds it and the first call past the bound learns the route
+    again. `idle` holds the three legs of an unanswered call (0 seconds, nothing due), nearly
+    half of all calls.
     """
 
     trunk: _Trunk
     client: _Client
     digits: str  # the number normalised for the trunk
-    since: EpochUs
+    lo: EpochUs  # calls starting in [lo, hi) are priced by these rows
+    hi: EpochUs
     customer: IndexedRow
     vmgateclient: IndexedRow
     reseller: IndexedRow | None  # None: the client is Direct
@@ -384,30 +388,30 @@ class Rater:
             if route is None:
                 # A full memo that is being held learns nothing: numbers that never come
                 # back (an A-Z route) must not pay for a route they will not use again.
-                route = self._route(number, t, c) if self._routes_admit() else None
-            elif route.trunk is not t or route.client is not c:
-                route = self._route(number, t, c)
+                if self._routes_admit():
+                    route = self._route(number, t, c, start)
+            elif route.trunk is not t or route.client is not c or not route.lo <= start < route.hi:
+                route = self._route(number, t, c, start)
             if route is not None:
-                _, _, digits, since, crow, vrow, rrow, idle = route
-                if start >= since:
-                    if billsec <= 0 and not fee_only:
-                        if idle is None:
-                            idle = self._idle(number, route)
-                        customer, vmgateclient, reseller = idle
-                        margin = 0
+                _, _, digits, _, _, crow, vrow, rrow, idle = route
+                if billsec <= 0 and not fee_only:
+                    if idle is None:
+                        idle = self._idle(number, route)
+                    customer, vmgateclient, reseller = idle
+                    margin = 0
+                else:
+                    customer = t.price(crow, billsec, fee_only)
+                    vmgateclient = c.price(vrow, billsec, fee_only)
+                    margin = customer.amount - vmgateclient.amount
+                    if rrow is None:
+                        reseller = None
                     else:
-                        customer = t.price(crow, billsec, fee_only)
-                        vmgateclient = c.price(vrow, billsec, fee_only)
-                        margin = customer.amount - vmgateclient.amount
-                        if rrow is None:
-                            reseller = None
-                        else:
-                            reseller = c.reseller_price(rrow, billsec, fee_only)
-                            margin -= reseller.amount
-                    return _tuple(
-                        RatedCall,
-                        (digits, start, billsec, customer, vmgateclient, reseller, margin),
-                    )
+                        reseller = c.reseller_price(rrow, billsec, fee_only)
+                        margin -= reseller.amount
+                return _tuple(
+                    RatedCall,
+                    (digits, start, billsec, customer, vmgateclient, reseller, margin),
+                )
         if t is None:
             digits = normalise(number)
             customer = self._unknown_trunk
@@ -444,10 +448,9 @@ class Rater:
             RatedCall, (digits, start, billsec, customer, vmgateclient, reseller, margin)
         )
 
-    def _route(self, number: str, t: _Trunk, c: _Client) -> _Route | None:
-        """Learn how `number` is priced on this trunk and client; None when that is not
-        three (or two, Direct) plans each with an open-ended row — such calls take the
-        general path, leg by leg."""
+    def _route(self, number: str, t: _Trunk, c: _Client, start: EpochUs) -> _Route | None:
+        """Learn how `number` is priced on this trunk and client around `start`; None when
+        some leg has no plan or no rate (the general path says which, leg by leg)."""
         tp, cp, rp = t.plan, c.plan, c.reseller_plan
         if tp is None or cp is None or len(number) > _ROUTES_CHARS:
             return None
@@ -456,16 +459,19 @@ class Rater:
         digits = normalise(number, t.tech_prefix)
         if not digits:
             return None
-        cc, cv = tp.index.longest(digits), cp.index.longest(digits)
-        cr = None if rp is None else rp.index.longest(digits)
-        if cc is None or cv is None or (rp is not None and cr is None):
-            return None  # no_rate on some leg
-        rc, rv = cc.last_row, cv.last_row
-        rr = None if cr is None else cr.last_row
-        if rc is None or rv is None or (cr is not None and rr is None):
-            return None  # a code whose rows have all ended: resolve() falls back per call
-        since = max(cc.last_start, cv.last_start, 0 if cr is None else cr.last_start)
-        route = _tuple(_Route, (t, c, digits, since, rc, rv, rr, None))
+        lo, hi = NEVER_BEFORE, NEVER_AFTER
+        rows: list[IndexedRow] = []
+        for plan in (tp, cp) if rp is None else (tp, cp, rp):
+            code = plan.index.longest(digits)
+            if code is None:
+                return None
+            row, since, until = code.window(start)
+            if row is None:
+                return None
+            rows.append(row)
+            lo, hi = max(lo, since), min(hi, until)
+        rr = None if rp is None else rows[2]
+        route = _tuple(_Route, (t, c, digits, lo, hi, rows[0], rows[1], rr, None))
         self._routes[number] = route
         return route
 

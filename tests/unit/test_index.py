@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rating.deck import HEADER, parse_deck
-from rating.index import PrefixIndex
+from rating.index import NEVER_AFTER, NEVER_BEFORE, PrefixIndex
 from rating.model import Destination, RatePlan, Scope
 from rating.number import normalise
 from rating.units import parse_time
@@ -226,3 +226,47 @@ def test_lookup_equals_brute_force_scan(
     ]
     idx = PrefixIndex.build(RatePlan("p", Scope.CUSTOMER, "USD", tuple(dests)))
     assert idx.lookup(digits, at) == brute_force(dests, digits, at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(codes, times, st.one_of(st.none(), st.integers(1, 8))),
+        max_size=12,
+        unique_by=lambda t: (t[0], t[1]),
+    ),
+    st.text("0123", max_size=6),
+    times,
+)
+def test_a_window_holds_its_row_at_every_instant_and_no_further(
+    rows: list[tuple[str, int, int | None]], digits: str, at: int
+) -> None:
+    """`Code.window`: the row of `resolve(at)`, the same row at every time inside the span,
+    and another answer just outside each finite end (the span is as wide as it may be)."""
+    dests = [
+        Destination(
+            code,
+            f"{code}@{since}",
+            since,
+            None if span is None else since + span,
+            Decimal(i),
+            Decimal(0),
+            0,
+            1,
+        )
+        for i, (code, since, span) in enumerate(rows)
+    ]
+    idx = PrefixIndex.build(RatePlan("p", Scope.CUSTOMER, "USD", tuple(dests)))
+    code = idx.longest(digits)
+    if code is None:
+        return
+    row, lo, hi = code.window(at)
+    assert lo <= at < hi
+    assert row is code.resolve(at)
+    dest = None if row is None else row.dest
+    for when in range(max(lo, -2), min(hi, 20)):
+        assert brute_force(dests, digits, when) == dest, when
+    if lo > NEVER_BEFORE:  # a finite end is some row's valid_since or valid_until ...
+        assert lo >= 0 and brute_force(dests, digits, lo - 1) != dest  # ... where it changes
+    if hi < NEVER_AFTER:
+        assert 0 < hi <= 20 and brute_force(dests, digits, hi) != dest
