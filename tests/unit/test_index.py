@@ -181,6 +181,29 @@ def test_index_is_rebuilt_not_mutated() -> None:
 
 codes = st.text("0123", min_size=0, max_size=4)
 times = st.integers(min_value=0, max_value=10)
+# (code, valid_since, span or None for open-ended), one row per (code, valid_since)
+deck_rows = st.lists(
+    st.tuples(codes, times, st.one_of(st.none(), st.integers(1, 8))),
+    max_size=12,
+    unique_by=lambda t: (t[0], t[1]),
+)
+
+
+def destinations(rows: list[tuple[str, int, int | None]]) -> list[Destination]:
+    """Deck rows from drawn (code, since, span); each row's rate is its position."""
+    return [
+        Destination(
+            code,
+            f"{code}@{since}",
+            since,
+            None if span is None else since + span,
+            Decimal(i),
+            Decimal(0),
+            0,
+            1,
+        )
+        for i, (code, since, span) in enumerate(rows)
+    ]
 
 
 def brute_force(dests: list[Destination], digits: str, at: int) -> Destination | None:
@@ -199,63 +222,23 @@ def brute_force(dests: list[Destination], digits: str, at: int) -> Destination |
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(codes, times, st.one_of(st.none(), st.integers(1, 8))),
-        max_size=12,
-        unique_by=lambda t: (t[0], t[1]),
-    ),
-    st.text("0123", max_size=6),
-    times,
-)
+@given(deck_rows, st.text("0123", max_size=6), times)
 def test_lookup_equals_brute_force_scan(
     rows: list[tuple[str, int, int | None]], digits: str, at: int
 ) -> None:
-    dests = [
-        Destination(
-            code,
-            f"{code}@{since}",
-            since,
-            None if span is None else since + span,
-            Decimal(i),
-            Decimal(0),
-            0,
-            1,
-        )
-        for i, (code, since, span) in enumerate(rows)
-    ]
+    dests = destinations(rows)
     idx = PrefixIndex.build(RatePlan("p", Scope.CUSTOMER, "USD", tuple(dests)))
     assert idx.lookup(digits, at) == brute_force(dests, digits, at)
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(codes, times, st.one_of(st.none(), st.integers(1, 8))),
-        max_size=12,
-        unique_by=lambda t: (t[0], t[1]),
-    ),
-    st.text("0123", max_size=6),
-    times,
-)
+@given(deck_rows, st.text("0123", max_size=6), times)
 def test_a_window_holds_its_row_at_every_instant_and_no_further(
     rows: list[tuple[str, int, int | None]], digits: str, at: int
 ) -> None:
     """`Code.window`: the row of `resolve(at)`, the same row at every time inside the span,
     and another answer just outside each finite end (the span is as wide as it may be)."""
-    dests = [
-        Destination(
-            code,
-            f"{code}@{since}",
-            since,
-            None if span is None else since + span,
-            Decimal(i),
-            Decimal(0),
-            0,
-            1,
-        )
-        for i, (code, since, span) in enumerate(rows)
-    ]
+    dests = destinations(rows)
     idx = PrefixIndex.build(RatePlan("p", Scope.CUSTOMER, "USD", tuple(dests)))
     code = idx.longest(digits)
     if code is None:
