@@ -17,10 +17,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import cast
-
-import aiosqlite
+from collections.abc import Iterable
 
 from ledger import reports
 from ledger.balances import Balances, latest_checkpoint, load
@@ -36,7 +33,9 @@ from ledger.errors import (
     SchemaError,
 )
 from ledger.model import CallEntry, Receipt, Transaction
-from ledger.writer import WAL_CHECKPOINT_EVERY, WAL_SIZE_LIMIT, CommitHook, Writer
+from ledger.sinkclient import WriteProcess
+from ledger.wal import WAL_CHECKPOINT_EVERY, WAL_SIZE_LIMIT
+from ledger.writer import CommitHook, Writer
 
 __all__ = [
     "InvalidTransaction",
@@ -314,7 +313,11 @@ class Ledger:
         checkpoint_every: int = 100_000,
         wal_checkpoint_every: int = WAL_CHECKPOINT_EVERY,
     ) -> Ledger:
-        """Create or migrate the file, rebuild the balances and start the writer task."""
+        """Create or migrate the file, rebuild the balances and start the writer task.
+
+        The write process (ledger/sink.py) starts first: it takes the file's write lock and
+        migrates the schema, so the head and balances read next are the ones it will extend.
+        """
         if (
             batch_max < 1
             or queue_max < 1
@@ -330,19 +333,16 @@ class Ledger:
         # Created owner/group-only, as the journal is: it holds every caller's number. SQLite
         # gives its -wal and -shm files the database file's permissions.
         os.close(os.open(spath, os.O_RDWR | os.O_CREAT, FILE_MODE))
-        opened = await asyncio.to_thread(_Opened, spath)
-        conn = await aiosqlite.connect(spath, isolation_level=None)
+        sink = await WriteProcess.start(spath, wal_checkpoint_every=wal_checkpoint_every)
         try:
-            # The same pragmas as every write connection, run on aiosqlite's own thread.
-            run = cast(Callable[..., Awaitable[None]], conn._execute)
-            await run(configure, conn._conn)
-            await conn.set_authorizer(append_only_authorizer)
+            opened = await asyncio.to_thread(_Opened, spath)
         except BaseException:
-            await conn.close()
+            await sink.abort()
             raise
         writer = Writer(
-            conn,
+            sink,
             path=spath,
+            wal_checkpoint_every=wal_checkpoint_every,
             balances=opened.balances,
             head=(opened.head_seq, bytes.fromhex(opened.head_hash)),
             used_rates=opened.used_rates,
@@ -351,7 +351,6 @@ class Ledger:
             batch_ms=batch_ms,
             queue_max=queue_max,
             checkpoint_every=checkpoint_every,
-            wal_checkpoint_every=wal_checkpoint_every,
         )
         writer.start()
         return cls(spath, opened, writer)

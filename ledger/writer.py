@@ -5,12 +5,14 @@ checked and the canonical encoding made right there (digest, its hex, the rate r
 used: computed once), so a bad transaction fails its caller at once and never reaches SQLite.
 The writer task then takes up to `batch_max` queued transactions (waiting at most `batch_ms`
 for a group to fill) and plans the group in memory: seqs, chain hashes, every row, the balance
-deltas. `write_group` then runs on the SQLite thread as one call: BEGIN IMMEDIATE, head check,
-one lookup of the group's new keys in the file, multi-row INSERTs, COMMIT (fsync,
-`synchronous=FULL`). While it does, the loop plans the next group against the predicted head
+deltas. The group's rows then go to the write process (ledger/sink.py, one pickle per
+group), which writes them as one SQLite transaction: BEGIN IMMEDIATE, head check, one lookup
+of the group's new keys in the file, multi-row INSERTs, COMMIT (fsync, `synchronous=FULL`).
+While it does, on the other core, the loop plans the next group against the predicted head
 (the pipeline); if the group in flight fails or meets keys already in the file, the next one
-is planned again. Only after COMMIT returned are the callers' futures resolved, the balance
-projection updated and the commit hook called; an acknowledged transaction is on disk.
+is planned again. Only after the write process answered that COMMIT returned are the callers'
+futures resolved, the balance projection updated and the commit hook called; an acknowledged
+transaction is on disk.
 
 Exactly once: a key already in the file or earlier in the same group with the same content
 digest resolves to that transaction's Receipt with `existed=True`; with another digest, to
@@ -21,28 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import chain
-from typing import cast
-
-import aiosqlite
 
 from ledger.balances import AccountKey, Balances
-from ledger.codec import (
-    CALL_FIELDS,
-    GENESIS_HASH,
-    PAYMENT_FIELDS,
-    Encoded,
-    RateRow,
-    chain_hash,
-    encode,
-)
+from ledger.codec import Encoded, RateRow, chain_hash, encode
 from ledger.errors import (
     InvalidTransaction,
     KeyConflict,
@@ -51,66 +40,15 @@ from ledger.errors import (
     LedgerWriteFailed,
 )
 from ledger.model import Receipt, Transaction
+from ledger.sinkclient import WriteProcess, WriteProcessDied
 from ledger.transactions import check
 
 log = logging.getLogger(__name__)
 
 CommitHook = Callable[[int, float], None]
 
-_INSERT_TX = (
-    "INSERT INTO transactions (seq, key, kind, currency, created, reason, digest, prev_hash, "
-    "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_POSTING = "INSERT INTO postings (seq, idx, account, amount) VALUES (?, ?, ?, ?)"
-_INSERT_CALL = (
-    f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
-    f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
-)
-_INSERT_PAYMENT = (
-    f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
-    f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
-)
-_INSERT_RATE = "INSERT INTO used_rates (plan, prefix, valid_since, seq) VALUES (?, ?, ?, ?)"
-
-
-class _Bulk:
-    """An INSERT of many rows per statement: SQLite then steps once per chunk, not per row.
-
-    pysqlite drops the GIL only around each `sqlite3_step`; with one step per row, the SQLite
-    thread has to win the GIL back a few thousand times per group from an event loop that is
-    busy encoding the next one (each wait up to the 5 ms switch interval). With `chunk` rows
-    per statement, the B-tree work of a whole chunk runs without the GIL. Fewer rows than a
-    chunk go through the one-row statement (a fixed chunk size keeps one prepared statement).
-    """
-
-    __slots__ = ("chunk", "many", "one")
-
-    def __init__(self, one: str, width: int, chunk: int) -> None:
-        head, _, values = one.partition(" VALUES ")
-        self.one = one
-        self.chunk = chunk
-        self.many = f"{head} VALUES {', '.join([values] * chunk)}"
-        assert values.count("?") == width
-
-    def run(self, db: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
-        """Insert `rows` (all of the statement's width)."""
-        chunk = self.chunk
-        whole = len(rows) - len(rows) % chunk
-        for lo in range(0, whole, chunk):
-            db.execute(self.many, tuple(chain.from_iterable(rows[lo : lo + chunk])))
-        if whole < len(rows):
-            db.executemany(self.one, rows[whole:])
-
-
-_TX_BULK = _Bulk(_INSERT_TX, 9, 100)
-_POSTING_BULK = _Bulk(_INSERT_POSTING, 4, 250)
-_CALL_BULK = _Bulk(_INSERT_CALL, len(CALL_FIELDS) + 1, 50)
-_PAYMENT_BULK = _Bulk(_INSERT_PAYMENT, len(PAYMENT_FIELDS) + 1, 100)
-_HEAD = "SELECT seq, hash FROM transactions ORDER BY seq DESC LIMIT 1"
-_LOOKUP = (
-    "SELECT t.key, t.seq, t.digest, t.hash FROM json_each(?) AS j "
-    "JOIN transactions AS t ON t.key = j.value"
-)
+FAIL_LOG_EVERY = 10.0
+"""Seconds between two log messages about failed groups (the rest are counted)."""
 
 
 @dataclass(slots=True)
@@ -145,7 +83,7 @@ class _Plan:
     deltas: dict[AccountKey, int] = field(default_factory=dict)
     results: list[_Result] = field(default_factory=list)
     planned: float = 0.0  # seconds spent planning
-    written: float = 0.0  # seconds from BEGIN to the end of COMMIT
+    written: float = 0.0  # seconds from sending the group to the write process's answer
     rates_ahead: set[RateRow] = field(default_factory=set)
     """Rate rows the group written before this one adds (not yet in `used_rates`)."""
 
@@ -162,110 +100,6 @@ class _Plan:
                     item.fut.set_exception(err)
 
 
-def write_group(db: sqlite3.Connection, plan: _Plan) -> dict[str, _Known] | None:
-    """Write one planned group in one SQLite transaction (runs on the connection's thread).
-
-    Returns None once COMMIT returned (durable), or, without writing anything, the keys of
-    the group that the file already holds: the plan assumed them new and must be redone.
-    The whole group is one call so the SQLite thread never waits for the event loop
-    between statements while the loop plans the next group.
-    """
-    started = time.perf_counter()
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        row = db.execute(_HEAD).fetchone()
-        on_disk = (0, GENESIS_HASH) if row is None else (row[0], row[1])
-        if on_disk != (plan.base_seq, plan.base_hash.hex()):
-            raise LedgerWriteFailed(
-                f"the file's head is seq {on_disk[0]}, this writer's is {plan.base_seq}: "
-                "another process wrote to the ledger; stop it and restart vmgated"
-            )
-        if plan.fresh:
-            keys = json.dumps(list(plan.fresh))
-            hits = {k: (s, d, h) for k, s, d, h in db.execute(_LOOKUP, (keys,))}
-            if hits:
-                db.execute("ROLLBACK")
-                return hits
-        _TX_BULK.run(db, plan.tx_rows)
-        _POSTING_BULK.run(db, plan.posting_rows)
-        _CALL_BULK.run(db, plan.call_rows)
-        _PAYMENT_BULK.run(db, plan.payment_rows)
-        if plan.rate_rows:
-            db.executemany(_INSERT_RATE, plan.rate_rows)
-        db.execute("COMMIT")
-        plan.written = time.perf_counter() - started
-    except BaseException:
-        if db.in_transaction:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("ledger: ROLLBACK failed after a failed group")
-        raise
-    return None
-
-
-FAIL_LOG_EVERY = 10.0
-"""Seconds between two log messages about failed groups (the rest are counted)."""
-
-WAL_CHECKPOINT_EVERY = 5_000
-"""Transactions between WAL checkpoints (a call transaction adds ~16 KB of WAL frames: every
-commit rewrites the B-tree pages it touches, so 5,000 keep the WAL near 80 MB)."""
-
-WAL_SIZE_LIMIT = 64 << 20
-"""Bytes the WAL file is truncated to when the writer rewinds it (a burst may have grown it)."""
-
-WAL_RESTART_WAIT_MS = 20
-"""How long a rewind may wait for readers on older snapshots (the writer waits with it)."""
-
-
-def copy_wal(path: str) -> None:
-    """Copy the WAL's frames into the main file, on its own connection (a side thread).
-
-    PASSIVE: it never blocks a commit, so the writer keeps committing while the bulk of the
-    frames is copied. It cannot rewind the WAL under continuous writes (by the time it ends,
-    new frames are in); `rewind_wal` does that afterwards, on the writer's connection.
-    """
-    try:
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        log.exception("ledger: WAL checkpoint failed (the WAL keeps growing until one works)")
-
-
-def rewind_wal(db: sqlite3.Connection) -> bool:
-    """Checkpoint the frames added since the last copy and rewind the WAL; True if rewound.
-
-    Runs on the writer's own connection between two groups (after `copy_wal`, so few frames
-    are left to copy). Without a rewind the WAL grows without end (6 GB in a 13-minute soak,
-    its `-shm` index mapped into the process as RSS). RESTART from a side connection did
-    rewind it, but it blocks new writers while it waits, and the writer's busy handler then
-    sleeps in growing steps: at ~3,000 calls/s every checkpoint stalled the ledger for long
-    enough to back up the daemon (zero-loss end to end fell from 40,000 to 30,000 HEP
-    packets/s). Here there is no other writer to wait for; only readers on older snapshots
-    can hold it, for at most WAL_RESTART_WAIT_MS, and if they do the next checkpoint tries
-    again. The next commit then writes the WAL from its start (truncated to
-    `journal_size_limit`).
-    """
-    # Never raises: a failed rewind must not stop the writer, only leave the WAL longer.
-    try:
-        (was,) = db.execute("PRAGMA busy_timeout").fetchone()
-        db.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
-        try:
-            busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        finally:
-            db.execute(f"PRAGMA busy_timeout={int(was)}")
-    except sqlite3.Error:
-        log.exception("ledger: WAL rewind failed (the next checkpoint tries again)")
-        return False
-    if busy:
-        log.debug("ledger: WAL not rewound (readers on older snapshots); next checkpoint")
-    return not busy
-
-
 def prepare(tx: Transaction) -> Encoded:
     """Check a transaction's rules and encode it; raises InvalidTransaction/NotZeroSum."""
     check(tx)
@@ -276,13 +110,14 @@ def prepare(tx: Transaction) -> Encoded:
 
 
 class Writer:
-    """Owns the write connection; one task commits queued transactions in groups."""
+    """Feeds the write process; one task commits queued transactions in groups."""
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        sink: WriteProcess,
         *,
         path: str,
+        wal_checkpoint_every: int,
         balances: Balances,
         head: tuple[int, bytes],
         used_rates: set[RateRow],
@@ -291,13 +126,11 @@ class Writer:
         batch_ms: float,
         queue_max: int,
         checkpoint_every: int,
-        wal_checkpoint_every: int = WAL_CHECKPOINT_EVERY,
     ) -> None:
-        """Take over `conn` (already configured) and the state read at open."""
-        self._conn = conn
+        """Take over `sink` (the started write process) and the state read at open."""
+        self._sink = sink
         self._path = path
-        self._wal_seq = head[0]
-        self._wal_task: asyncio.Task[None] | None = None
+        self._wal_every = wal_checkpoint_every
         self._balances = balances
         self._seq, self._hash = head
         self.used_rates = used_rates
@@ -306,7 +139,6 @@ class Writer:
         self._batch_s = batch_ms / 1000.0
         self._queue_max = queue_max
         self._checkpoint_every = checkpoint_every
-        self._wal_every = wal_checkpoint_every
         self._queue: deque[_Unit] = deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -366,7 +198,7 @@ class Writer:
         return [item.fut for item in unit]
 
     async def close(self) -> None:
-        """Stop taking work, drain the queue, write a checkpoint, close the connection."""
+        """Stop taking work, drain the queue, write a checkpoint, end the write process."""
         if self._closing and self._task is None:
             return
         self._closing = True
@@ -375,17 +207,10 @@ class Writer:
         if self._task is not None:
             await self._task
             self._task = None
-        if self._wal_task is not None:
-            await self._wal_task
         try:
             await self._checkpoint()
-            try:
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                # Every commit is durable in the WAL; the next open folds it in.
-                log.warning("ledger: WAL not folded into %s at close: %s", self._path, exc)
         finally:
-            await self._conn.close()
+            await self._sink.close()  # it folds the WAL into the file, then exits
 
     async def _run(self) -> None:
         # Two groups at a time: while SQLite writes and fsyncs group N on its thread, this
@@ -452,18 +277,12 @@ class Writer:
             raise
 
     async def _maintain(self) -> None:
-        """Balance checkpoint, WAL copy and rewind when due (between groups, none in flight)."""
+        """Balance checkpoint when due (between groups, none in flight).
+
+        The WAL's copy and rewind are the write process's own (ledger/wal.py).
+        """
         if self._seq - self._ckpt_seq >= self._checkpoint_every:
             await self._checkpoint()
-        if self._wal_task is not None and self._wal_task.done():
-            self._wal_task = None
-            run = cast(Callable[..., Awaitable[bool]], self._conn._execute)
-            await run(rewind_wal, self._conn._conn)
-        if self._seq - self._wal_seq >= self._wal_every and self._wal_task is None:
-            self._wal_seq = self._seq
-            self._wal_task = asyncio.create_task(
-                asyncio.to_thread(copy_wal, self._path), name="ledger-wal-checkpoint"
-            )
 
     def _take(self) -> list[_Unit]:
         units: list[_Unit] = []
@@ -486,13 +305,60 @@ class Writer:
         """
         disk: dict[str, _Known] = {}
         while True:
-            # aiosqlite runs `write_group` on the connection's own thread, in queue order.
-            run = cast(Callable[..., Awaitable[dict[str, _Known] | None]], self._conn._execute)
-            hits = await run(write_group, self._conn._conn, plan)
+            started = time.perf_counter()
+            hits: dict[str, _Known] | None
+            try:
+                hits = await self._sink.request(
+                    "group",
+                    plan.base_seq,
+                    plan.base_hash.hex(),
+                    list(plan.fresh),
+                    plan.tx_rows,
+                    plan.posting_rows,
+                    plan.call_rows,
+                    plan.payment_rows,
+                    plan.rate_rows,
+                )
+            except WriteProcessDied:
+                if not await self._committed_before_death(plan):
+                    raise
+                hits = None
             if hits is None:
+                plan.written = time.perf_counter() - started
                 return plan
             disk.update(hits)
             plan = self._plan(plan.units, plan.base_seq, plan.base_hash, disk, None)
+
+    async def _committed_before_death(self, plan: _Plan) -> bool:
+        """After the write process died with `plan` sent: start another; did `plan` commit?
+
+        The file's head tells, exactly: the plan predicted the seq and chained hash its last
+        transaction gets, and only this writer appends. At the plan's head: it committed
+        before the death (the answer was lost), and its callers are answered as usual. At the
+        plan's base: nothing of it was written; the caller's error says so, and a retry
+        (the daemon's backlog) commits it through the new process. Anything else stops the
+        writer: the file moved in a way this writer did not plan.
+        """
+        died = self._sink
+        await died.abort()
+        self._sink = await WriteProcess.start(self._path, wal_checkpoint_every=self._wal_every)
+        seq, head_hex = await self._sink.request("head")
+        committed = (seq, head_hex) == (plan.seq, plan.prev_hex)
+        if committed or (seq, head_hex) == (plan.base_seq, plan.base_hash.hex()):
+            log.warning(
+                "ledger: write process %d died with a group of %d in flight (%s); "
+                "process %d took over at seq %d",
+                died.pid,
+                plan.size,
+                "committed: its answer was lost" if committed else "not written",
+                self._sink.pid,
+                seq,
+            )
+            return committed
+        raise LedgerWriteFailed(
+            f"after the write process died the file's head is seq {seq}, neither the "
+            f"group's base ({plan.base_seq}) nor its end ({plan.seq}); restart vmgated"
+        )
 
     async def _finish(self, plan: _Plan, task: asyncio.Task[_Plan]) -> None:
         """Wait for a group's commit, then move the head and answer its callers."""
@@ -656,26 +522,10 @@ class Writer:
         if snap.seq <= self._ckpt_seq:
             return
         rows = [(snap.seq, cur, acc, bal) for (cur, acc), bal in snap.by_account.items()]
-        conn = self._conn
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                await conn.execute(
-                    "INSERT INTO checkpoint_marks (seq, hash, created, accounts) "
-                    "VALUES (?, ?, ?, ?)",
-                    (snap.seq, self._hash.hex(), time.time_ns() // 1000, len(rows)),
-                )
-                await conn.executemany(
-                    "INSERT INTO checkpoints (seq, currency, account, balance) VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-                await conn.execute("COMMIT")
-            except BaseException:
-                # SQLite ends the transaction itself on some errors (SQLITE_FULL: disk full);
-                # a ROLLBACK then fails and its error would hide the real one.
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise
+            await self._sink.request(
+                "checkpoint", snap.seq, self._hash.hex(), time.time_ns() // 1000, rows
+            )
         except (sqlite3.Error, OSError) as exc:
             # A missing checkpoint only makes the next open read a longer tail.
             log.error("ledger: checkpoint at seq %d not written: %s", snap.seq, exc)

@@ -130,9 +130,10 @@ class App:
     async def _abort_start(self) -> None:
         """Undo a start that failed part-way (a port in use, an unwritable socket path...).
 
-        Without it the process outlived its own error: the ledger's SQLite thread is not a
-        daemon thread, so an open ledger kept the interpreter from exiting and systemd saw a
-        hung start instead of a failed one. What recovery queued is committed by the close;
+        Without it the process outlived its own error: an open ledger (then written by a
+        SQLite thread that was not a daemon thread; now by a write process, which would exit
+        with the daemon) kept the interpreter from exiting and systemd saw a hung start
+        instead of a failed one. What recovery queued is committed by the close;
         the snapshot and journal are left as they are, so the next start recovers the same.
         """
         for listener in self.listeners:

@@ -19,7 +19,7 @@ import pytest
 from ledger import transactions as txs
 from ledger.store import Ledger, configure
 from ledger.verify import verify
-from ledger.writer import copy_wal, rewind_wal
+from ledger.wal import copy_wal, rewind_wal
 
 T0 = 1_795_379_849_000_000
 EVERY = 200  # transactions between WAL checkpoints, small so the test is quick

@@ -42,7 +42,9 @@ def stopped_ledger() -> Iterator[Path]:
             await ledger.close()
 
         asyncio.run(write())
-        assert sorted(p.name for p in state.iterdir()) == ["ledger.db"]  # no WAL, no index
+        # No WAL, no index; the write process's lock file stays (empty: a lock, not data).
+        assert sorted(p.name for p in state.iterdir()) == ["ledger.db", "ledger.db.lock"]
+        assert (state / "ledger.db.lock").stat().st_size == 0
         for path in (state, db):
             os.chown(path, DAEMON, DAEMON_GID)
         db.chmod(0o640)
@@ -67,7 +69,11 @@ def test_a_clerk_reads_a_stopped_daemons_ledger(stopped_ledger: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.split() == ["bank-1", "1", "True"]
-    assert sorted(p.name for p in stopped_ledger.parent.iterdir()) == ["ledger.db"]
+    # The clerk's reads left nothing behind (no WAL, no index of its own).
+    assert sorted(p.name for p in stopped_ledger.parent.iterdir()) == [
+        "ledger.db",
+        "ledger.db.lock",
+    ]
 
 
 _HOLD = """

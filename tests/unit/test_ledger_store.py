@@ -181,9 +181,12 @@ def test_the_write_connection_authorizer_refuses_update_delete_drop(tmp_path: Pa
 
 def test_the_ledger_installs_the_authorizer_on_its_write_connection(tmp_path: Path) -> None:
     async def body(ledger: Ledger) -> None:
-        conn = ledger._writer._conn  # the daemon never does this; the test proves the guard
+        # The write process's own connection (the daemon never sends a statement): the
+        # refusal travels back as the sqlite3 error it is.
+        sink = ledger._writer._sink
         with pytest.raises(sqlite3.DatabaseError, match="not authorized"):
-            await conn.execute("DELETE FROM transactions")
+            await sink.request("execute", "DELETE FROM transactions", ())
+        assert await sink.request("execute", "SELECT count(*) FROM transactions", ()) == [(0,)]
 
     with_ledger(tmp_path / "l.db", body)
 
@@ -407,11 +410,10 @@ def test_a_full_disk_is_reported_as_such_and_the_same_transactions_commit_later(
     path = tmp_path / "l.db"
 
     async def limit(ledger: Ledger, extra_pages: int | None) -> None:
-        conn = ledger._writer._conn  # the write connection: its own page limit
-        row = await (await conn.execute("PRAGMA page_count")).fetchone()
-        assert row is not None
-        pages = 1 << 30 if extra_pages is None else row[0] + extra_pages
-        await conn.execute(f"PRAGMA max_page_count={pages}")
+        sink = ledger._writer._sink  # the write connection: its own page limit
+        [(pages_now,)] = await sink.request("execute", "PRAGMA page_count", ())
+        pages = 1 << 30 if extra_pages is None else pages_now + extra_pages
+        await sink.request("execute", f"PRAGMA max_page_count={pages}", ())
 
     async def body(ledger: Ledger) -> None:
         await limit(ledger, 0)
