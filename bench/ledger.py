@@ -11,7 +11,8 @@ the last acknowledgement, so every counted transaction is durable (WAL, synchron
 `--window 0 --cpython-gc` is the method of the figures before 2026-11-24 (bench/README.md).
 Baseline: the rows the writer would write (pre-encoded, pre-hashed) inserted with one
 executemany per table and one COMMIT per 2,000 transactions — the floor SQLite itself sets.
-Commit latency is the writer's own per-group time (planning + BEGIN → COMMIT), p50/p99.
+Commit latency is the writer's own per-group time (planning + the write process's answer: BEGIN →
+COMMIT there, since 2026-11-24 in a process of its own), p50/p99.
 """
 
 from __future__ import annotations
