@@ -24,23 +24,11 @@ from ledger.model import Receipt
 from ledger.sink import lock_file
 from ledger.store import Ledger
 from ledger.verify import verify
+from tests.e2e.stack import pid_alive
 
 T0 = 1_795_000_000_000_000
 KILLS = 6
 SEED = 20261124
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers signal 0; it is dead for our purpose.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_second_writer_waits_for_the_lock_then_is_refused(tmp_path: Path) -> None:
@@ -94,14 +82,14 @@ def test_the_write_process_dies_with_its_parent_and_frees_the_file(tmp_path: Pat
     try:
         assert parent.stdout is not None
         sink_pid = int(parent.stdout.readline())
-        assert _alive(sink_pid)
+        assert pid_alive(sink_pid)
     finally:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 5
-    while _alive(sink_pid) and time.monotonic() < deadline:
+    while pid_alive(sink_pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not _alive(sink_pid), "the write process outlived its parent's SIGKILL"
+    assert not pid_alive(sink_pid), "the write process outlived its parent's SIGKILL"
 
     async def reopen() -> int | None:
         ledger = await Ledger.open(path)
