@@ -7,8 +7,12 @@ UPDATE/DELETE triggers on every table (they hold for any client that does not dr
 an authorizer on the write connection that refuses UPDATE, DELETE, DROP and ALTER before a
 statement is even prepared. `verify` catches whoever gets past both.
 
-`Ledger` is the facade the daemon holds: it owns the writer task (ledger/writer.py), the
-balance projection (ledger/balances.py) and hands read queries to ledger/reports.py.
+`Ledger` is the facade the daemon holds: it owns the writer task (ledger/writer.py), which
+feeds the write process that holds the write connection (ledger/sink.py), the balance
+projection (ledger/balances.py), and hands read queries to ledger/reports.py. SPEC §2 lists
+aiosqlite for this; it is not used any more: its connection thread shared the GIL with the
+event loop, and the ledger could not reach SPEC §10's 100,000 postings/s that way
+(bench/README.md, "the writer in its own process").
 """
 
 from __future__ import annotations
@@ -263,10 +267,9 @@ class _Opened:
     __slots__ = ("balances", "ckpt_seq", "head_hash", "head_seq", "used_rates")
 
     def __init__(self, path: str) -> None:
+        # Read after the write process took the file: it configured and migrated it.
         conn = sqlite3.connect(path, isolation_level=None)
         try:
-            configure(conn)
-            migrate(conn)
             by_account, seq = load(conn)
             self.balances = Balances(by_account, seq)
             row = conn.execute(
