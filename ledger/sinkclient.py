@@ -50,10 +50,6 @@ def widen_pipe(fd: int) -> int:
             return int(fcntl.fcntl(fd, F_SETPIPE_SZ, size))
     return 0
 
-# The interpreter running now, by its inode: the child is the same Python even when the
-# daemon's user may not traverse the path the interpreter was started by (seen in the sandbox:
-# a venv linked into root's home) or the venv was replaced on disk since. It needs nothing
-# beyond the standard library and this repository's `ledger` and `rating` packages.
 _SELF = "/proc/self/exe"
 # The directory that holds the `ledger` package: the child must import the same code even
 # when the parent found it through a sys.path entry of its own (the benchmarks do).
@@ -62,6 +58,20 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 
 class WriteProcessDied(LedgerWriteFailed):
     """The write process is gone (killed, crashed) or its pipe was cut mid-request."""
+
+
+def _interpreter() -> str:
+    """The program to run the write process with: this interpreter.
+
+    `sys.executable` when this user may run it (so `ps` shows the venv's python), else the
+    running interpreter by its inode, `/proc/self/exe`: seen in the sandbox, where a venv
+    linked into root's 0700 home ran as the service user but could not be run again by path.
+    The child needs nothing beyond the standard library and this repository's `ledger` and
+    `rating` packages (PYTHONPATH), so the venv's site-packages do not matter to it.
+    """
+    if os.access(sys.executable, os.X_OK) or not os.path.exists(_SELF):
+        return sys.executable
+    return _SELF
 
 
 def dump_frame(message: tuple[Any, ...]) -> bytes:
@@ -113,7 +123,7 @@ class WriteProcess:
             path,
             str(os.getpid()),
             str(wal_checkpoint_every),
-            executable=_SELF if os.path.exists(_SELF) else sys.executable,
+            executable=_interpreter(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
