@@ -32,9 +32,10 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ledger import transactions as tx
-from ledger.codec import CALL_FIELDS, PAYMENT_FIELDS, chain_hash, encode
+from ledger.codec import chain_hash, encode
 from ledger.errors import LedgerFull
 from ledger.model import CallEntry, Receipt, Transaction
+from ledger.sink import INSERT_CALL, INSERT_PAYMENT
 from ledger.store import Ledger, configure, migrate
 from rating.model import Leg, Party
 from vmgated.heap import tune_collector
@@ -201,23 +202,13 @@ def chain_rows(txs: list[Transaction], seq0: int, prev: bytes) -> tuple[Rows, by
     return rows, prev
 
 
-_CALL_SQL = (
-    f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
-    f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
-)
-_PAY_SQL = (
-    f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
-    f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
-)
-
-
 def insert_rows(conn: sqlite3.Connection, rows: Rows) -> None:
     """One SQLite transaction: executemany per table, COMMIT."""
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows.tx)
     conn.executemany("INSERT INTO postings VALUES (?, ?, ?, ?)", rows.postings)
-    conn.executemany(_CALL_SQL, rows.calls)
-    conn.executemany(_PAY_SQL, rows.payments)
+    conn.executemany(INSERT_CALL, rows.calls)
+    conn.executemany(INSERT_PAYMENT, rows.payments)
     conn.execute("COMMIT")
 
 

@@ -65,11 +65,11 @@ _INSERT_TX = (
     "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_POSTING = "INSERT INTO postings (seq, idx, account, amount) VALUES (?, ?, ?, ?)"
-_INSERT_CALL = (
+INSERT_CALL = (
     f"INSERT INTO calls (seq, {', '.join(CALL_FIELDS)}) "
     f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + 1))})"
 )
-_INSERT_PAYMENT = (
+INSERT_PAYMENT = (
     f"INSERT INTO payments (seq, {', '.join(PAYMENT_FIELDS)}) "
     f"VALUES ({', '.join('?' * (len(PAYMENT_FIELDS) + 1))})"
 )
@@ -118,8 +118,8 @@ class _Bulk:
 
 _TX_BULK = _Bulk(_INSERT_TX, 9, 100)
 _POSTING_BULK = _Bulk(_INSERT_POSTING, 4, 250)
-_CALL_BULK = _Bulk(_INSERT_CALL, len(CALL_FIELDS) + 1, 50)
-_PAYMENT_BULK = _Bulk(_INSERT_PAYMENT, len(PAYMENT_FIELDS) + 1, 100)
+_CALL_BULK = _Bulk(INSERT_CALL, len(CALL_FIELDS) + 1, 50)
+_PAYMENT_BULK = _Bulk(INSERT_PAYMENT, len(PAYMENT_FIELDS) + 1, 100)
 
 
 def write_group(
@@ -255,7 +255,7 @@ def serve(path: str, parent: int, wal_every: int, rfile: IO[bytes], wfile: IO[by
     widen_pipe(rfile.fileno())
     try:
         lock_file(path)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(path, isolation_level=None)
         configure(db)
         migrate(db)
         db.set_authorizer(append_only_authorizer)

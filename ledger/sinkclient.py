@@ -38,17 +38,18 @@ unprivileged processes at /proc/sys/fs/pipe-max-size, 1 MiB by default). A group
 call transactions is a ~780 KB frame: with a buffer that holds it, the daemon writes it in one
 `write` that returns at once. With the default 64 KiB the event loop sent it in 12 pieces, one
 per loop iteration, and the write process sat idle between them (bench/ledger.py: 77k
-postings/s instead of 112–118k). The child sets it (F_SETPIPE_SZ works on either end) because
+postings/s instead of 117–126k). The child sets it (F_SETPIPE_SZ works on either end) because
 uvloop's pipe transports do not expose their descriptor."""
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def widen_pipe(fd: int) -> int:
-    """Grow the pipe behind `fd` to the largest of PIPE_BYTES allowed; its size (0: unknown)."""
+def widen_pipe(fd: int) -> None:
+    """Grow the pipe behind `fd` to the largest of PIPE_BYTES allowed (else leave it)."""
     for size in PIPE_BYTES:
         with contextlib.suppress(OSError):
-            return int(fcntl.fcntl(fd, F_SETPIPE_SZ, size))
-    return 0
+            fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+            return
+
 
 _SELF = "/proc/self/exe"
 # The directory that holds the `ledger` package: the child must import the same code even

@@ -213,7 +213,7 @@ class Writer:
             await self._sink.close()  # it folds the WAL into the file, then exits
 
     async def _run(self) -> None:
-        # Two groups at a time: while SQLite writes and fsyncs group N on its thread, this
+        # Two groups at a time: while the write process writes and fsyncs group N, this
         # loop takes and plans group N+1 against N's predicted head. If N's head turns out
         # otherwise (it failed, or met keys already in the file), N+1 is planned again.
         inflight: tuple[_Plan, asyncio.Task[_Plan]] | None = None
