@@ -4,10 +4,14 @@ RFC 3261 §7 framing: a start line, header lines, an empty line, a body. Accepte
 in real traffic: CRLF or bare LF, folded header lines (§7.3.1), case-insensitive and compact
 header names (i f t v l x …), repeated and comma-joined Via, a missing empty line (a header-only
 message). Headers billing does not need are never split or decoded. The five every message
-needs (Call-ID, From, To, CSeq, Content-Length) are found with `bytes.find` on their canonical
-spelling, which is what real UAs and proxies send; any other spelling, a missing header or a
-folded line falls back to one regex scan that knows every form (a malformed message that
-spells one header two ways may then be read either way). Optional headers (Via,
+needs (Call-ID, From, To, CSeq, Content-Length) are read in three tiers, each taken only when
+the one before does not describe the message: one anchored match for the layout real UAs and
+proxies send (`_common_layout`: canonical spelling, From/To/Call-ID/CSeq/Content-Length in that
+order, CRLF; it also finds the start line and the end of the header block); `bytes.find` on
+the canonical spellings in any order; one regex scan that knows every form (case, compact
+names, folding). The first two give the same result wherever the first matches (a hypothesis
+test edits messages at their line edges to check); a malformed message that spells one header
+two ways may be read either way by the last two. Optional headers (Via,
 Session-Expires, Min-SE, Reason, Record-Route) and URI users are read only when asked for.
 
 `parse` raises `SipError` — with a short `reason` usable as a metric label — and nothing else,
@@ -44,6 +48,29 @@ _SE_RE = re.compile(rb"\n(?:session-expires|x)" + _VALUE, re.I)
 _MIN_SE_RE = re.compile(rb"\nmin-se" + _VALUE, re.I)
 _REASON_RE = re.compile(rb"\nreason" + _VALUE, re.I)
 _RR_RE = re.compile(rb"\nrecord-route[ \t]*:", re.I)
+
+# The layout nearly every UA and proxy sends (sipp, Kamailio, Asterisk, FreeSWITCH): CRLF lines,
+# From, To, Call-ID, CSeq and Content-Length once each in that order, spelled as RFC 3261
+# writes them, unfolded, other headers anywhere between. One match reads the start line, the
+# five values and the end of the header block; a message it does not describe exactly takes
+# the general path below, and wherever it matches both give the same result (tested):
+# - no line before the empty one is empty or a lone CR (other lines are ``[^\n]+\r\n``, the
+#   five end in LF with at least their name before it), so the first CRLF CRLF is where the
+#   match ends and there is no earlier LF LF: the general path's end of the header block;
+# - none of the five appears before the one the layout expects there (`_OTHER` refuses their
+#   names at a line start), so each value is its header's first occurrence, as `bytes.find`
+#   would give; a value is its line stripped of ASCII whitespace, as `bytes.strip` gives;
+# - the line after each value is not a continuation (it starts with the next header name, or
+#   is checked not to start with space or tab).
+# Atomic groups: a message that almost matches fails in linear time, without backtracking.
+_FIVE = rb"(?:Call-ID|From|To|CSeq|Content-Length):"
+_OTHER = rb"(?>(?:(?!" + _FIVE + rb")[^\n]+\r\n)*)"
+_VAL = rb":[ \t\r\x0b\x0c]*+((?>(?:[^\n]*[^\s])?))[ \t\r\x0b\x0c]*+\n(?![ \t])"
+_common_layout = re.compile(
+    rb"([^\n]*)\r\n" + _OTHER + rb"From" + _VAL + _OTHER + rb"To" + _VAL + _OTHER
+    + rb"Call-ID" + _VAL + _OTHER + rb"CSeq" + _VAL + _OTHER + rb"Content-Length" + _VAL
+    + rb"(?>(?:[^\n]+\r\n)*)(?<=\r\n)\r\n"
+).match
 _METHODS = {
     m.encode(): m
     for m in ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "UPDATE",
@@ -313,19 +340,29 @@ def parse(data: bytes) -> SipMessage:
     if not isinstance(data, bytes):
         data = bytes(data)
 
-    # Header block ends at the first empty line, whichever line ending the sender used.
-    crlf = data.find(b"\r\n\r\n")
-    lf = data.find(b"\n\n", 0, n if crlf < 0 else crlf + 2)
-    if lf >= 0:
-        hlen, bstart = lf, lf + 2
-    elif crlf >= 0:
-        hlen, bstart = crlf, crlf + 4
+    m = _common_layout(data)
+    if m is not None:
+        start, from_v, to_v, call_id, cseq_v, cl_v = m.groups()
+        bstart = m.end()
+        hlen = bstart - 4
     else:
-        hlen = bstart = n
-    nl = data.find(b"\n", 0, hlen)
-    start = data[: hlen if nl < 0 else nl]
-    if start[-1:] == b"\r":
-        start = start[:-1]
+        # Header block ends at the first empty line, whichever line ending the sender used.
+        crlf = data.find(b"\r\n\r\n")
+        lf = data.find(b"\n\n", 0, n if crlf < 0 else crlf + 2)
+        if lf >= 0:
+            hlen, bstart = lf, lf + 2
+        elif crlf >= 0:
+            hlen, bstart = crlf, crlf + 4
+        else:
+            hlen = bstart = n
+        nl = data.find(b"\n", 0, hlen)
+        start = data[: hlen if nl < 0 else nl]
+        if start[-1:] == b"\r":
+            start = start[:-1]
+        found = _canonical(data, hlen) if hlen < n else None
+        if found is None:
+            found = _any_spelling(data[:hlen])
+        call_id, from_v, to_v, cseq_v, cl_v = found
 
     method: str | None = None
     ruri = b""
@@ -348,10 +385,6 @@ def parse(data: bytes) -> SipMessage:
         status = 0
         phrase = ""
 
-    found = _canonical(data, hlen) if hlen < n else None
-    if found is None:
-        found = _any_spelling(data[:hlen])
-    call_id, from_v, to_v, cseq_v, cl_v = found
     if call_id is None:
         raise SipError("no_call_id", "missing Call-ID header")
     if from_v is None:

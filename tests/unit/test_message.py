@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sipbuild import request, response
 
+from sip import message
 from sip.message import SipError, SipMessage, parse, uri_user
 
 INVITE = (
@@ -219,3 +220,79 @@ def test_generated_requests_parse_back(call_id: str, tag: str, user: str, cseq: 
     m = parse(raw)
     assert (m.call_id, m.from_tag, m.from_user, m.cseq_num, m.body) == (
         call_id, tag, user, cseq, b"v=0\r\n")
+
+
+def _general(data: bytes) -> SipMessage | str:
+    """What `parse` gives with its one-match fast path switched off (or the error's reason)."""
+    saved = message._common_layout
+    message._common_layout = lambda _data: None  # type: ignore[assignment]
+    try:
+        return parse(data)
+    except SipError as exc:
+        return exc.reason
+    finally:
+        message._common_layout = saved
+
+
+def _parsed(data: bytes) -> SipMessage | str:
+    try:
+        return parse(data)
+    except SipError as exc:
+        return exc.reason
+
+
+# The fast path's layout (From … To … Call-ID … CSeq … Content-Length, CRLF), one message with
+# SIP-looking trouble in it, and the general path's own cases (RFC 3261 order, compact forms).
+_LAYOUT = (
+    b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=f\r\n"
+    b"Contact: <sip:b@h>\r\nTo: <sip:b@h>;tag=t\r\nCall-ID: c@h\r\nCSeq: 7 INVITE\r\n"
+    b"Session-Expires: 90\r\nContent-Length: 3\r\nX: y\r\n\r\nabc"
+)
+_SAMPLES = (INVITE, _LAYOUT, request("INVITE", 1, body=b"v=0\r\n"), response(200, 1))
+
+
+def test_common_layout_takes_the_fast_path() -> None:
+    # Not just the fallback every time: the sample messages are the layout the match is for.
+    assert message._common_layout(_LAYOUT) is not None
+    assert message._common_layout(request("BYE", 2, to_tag="t")) is not None
+    assert message._common_layout(INVITE.replace(b"\r\n", b"\n")) is None
+    m = parse(_LAYOUT)
+    assert (m.from_tag, m.to_tag, m.call_id, m.cseq_num, m.content_length, m.body) == (
+        "f", "t", "c@h", 7, 3, b"abc")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.sampled_from(_SAMPLES),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 2000), st.integers(-1, 1), st.sampled_from(
+        [b"\r", b"\n", b"\r\n", b" ", b"\t", b"\x0b", b":", b"", b"\r\n\r\n", b"\n\n",
+         b"\r\nFrom: x", b"\r\nTo: y;tag=2", b"\r\nCall-ID: z", b"\r\nCSeq: 9 BYE",
+         b"\r\nContent-Length: 1", b"\r\n ", b"A", b"f", b"l"])),
+        min_size=1, max_size=6),
+    st.sampled_from([0, 1]),
+)  # fmt: skip
+def test_fast_path_agrees_with_the_general_path(
+    sample: bytes, edits: list[tuple[bool, int, int, bytes]], width: int
+) -> None:
+    # Each edit replaces `width` bytes (0: inserts) with SIP-shaped bytes (line ends, empty
+    # lines, folds, whitespace, duplicate and reordered headers), anywhere or next to a colon,
+    # CR or LF, where the layout's edges are.
+    data = sample
+    for anchored, k, offset, text in edits:
+        marks = [i for i, c in enumerate(data) if c in b":\r\n"] if anchored else []
+        at = marks[k % len(marks)] + 1 + offset if marks else k % (len(data) + 1)
+        data = data[:at] + text + data[at + width :]
+    assert _parsed(data) == _general(data)
+
+
+@pytest.mark.parametrize("ws", [b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"  \t"])
+@pytest.mark.parametrize("name", [b"From", b"To", b"Call-ID", b"CSeq", b"Content-Length"])
+def test_fast_path_strips_values_as_the_general_path(name: bytes, ws: bytes) -> None:
+    # Every ASCII whitespace byte, before and after each of the five values.
+    line = _LAYOUT.index(b"\n" + name + b":") + len(name) + 2
+    end = _LAYOUT.index(b"\r\n", line)
+    for data in (_LAYOUT[:line] + ws + _LAYOUT[line:],
+                 _LAYOUT[:end] + ws + _LAYOUT[end:]):  # fmt: skip
+        fast, general = parse(data), _general(data)
+        assert fast == general
+        assert fast[3:12] == parse(_LAYOUT)[3:12]  # from_hdr … content_length: stripped
