@@ -18,6 +18,7 @@ No I/O: bytes in, `HepPacket` out.
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 import zlib
 from typing import NamedTuple
@@ -75,8 +76,8 @@ _FIXED_LEN: dict[int, int] = {
 
 _chunk_hdr = struct.Struct(">HHH")
 # Kamailio's siptrace (and our encoder) write chunks 0x01–0x04, 0x07–0x0C first, in this order,
-# for IPv4, then the payload. That layout is recognised by comparing the ten chunk headers at
-# once (as one masked integer) and its values read with one unpack; anything else takes the
+# for IPv4, then the payload. That layout is recognised by one `re` match of the ten chunk
+# headers (values as wildcards) and its values read with one unpack; anything else takes the
 # general chunk walk.
 _KAM_CHUNKS = ((0x01, 7), (0x02, 7), (0x03, 10), (0x04, 10), (0x07, 8), (0x08, 8), (0x09, 10),
                (0x0A, 10), (0x0B, 7), (0x0C, 10))  # fmt: skip
@@ -85,18 +86,16 @@ _KAM_END = 6 + _KAM_VALUES.size  # where the payload chunk header starts
 _KAM_PAYLOAD = _KAM_END + 6  # where the payload starts
 
 
-def _kam_signature() -> tuple[int, int]:
-    mask = bytearray(_KAM_VALUES.size)
-    want = bytearray(_KAM_VALUES.size)
-    off = 0
+def _kam_layout() -> re.Pattern[bytes]:
+    # The ten chunk headers and the payload chunk's vendor and type, as literal bytes; every
+    # value byte is a wildcard. One `re` match compares them without building anything.
+    pattern = b""
     for ctype, clen in _KAM_CHUNKS:
-        mask[off : off + 6] = b"\xff" * 6
-        want[off : off + 6] = _chunk_hdr.pack(0, ctype, clen)
-        off += clen
-    return int.from_bytes(mask, "big"), int.from_bytes(want, "big")
+        pattern += re.escape(_chunk_hdr.pack(0, ctype, clen)) + b"." * (clen - 6)
+    return re.compile(pattern + b"\x00\x00\x00\x0f", re.DOTALL)
 
 
-_KAM_MASK, _KAM_WANT = _kam_signature()
+_kam_match = _kam_layout().match
 _new_packet = tuple.__new__  # NamedTuple construction without the keyword-handling wrapper
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
@@ -300,11 +299,9 @@ def _decode_kamailio(data: bytes, n: int, sip_only: bool) -> HepPacket | None:
     Returns None whenever anything differs (other chunks, IPv6, odd values), leaving every
     check and every error to the general chunk walk.
     """
-    if int.from_bytes(data[6:_KAM_END], "big") & _KAM_MASK != _KAM_WANT:
+    if _kam_match(data, 6) is None:
         return None
-    if data[_KAM_END : _KAM_END + 4] != b"\x00\x00\x00\x0f" or (
-        (data[_KAM_END + 4] << 8) | data[_KAM_END + 5]
-    ) != n - _KAM_END:
+    if (data[_KAM_END + 4] << 8 | data[_KAM_END + 5]) != n - _KAM_END:
         return None
     _fam, ip_proto, s4, d4, sport, dport, sec, usec, ptype, cid = _KAM_VALUES.unpack_from(data, 6)
     if usec > 999_999 or (sip_only and ptype != PROTO_SIP):

@@ -62,14 +62,15 @@ _RR_RE = re.compile(rb"\nrecord-route[ \t]*:", re.I)
 #   would give; a value is its line stripped of ASCII whitespace, as `bytes.strip` gives;
 # - the line after each value is not a continuation (it starts with the next header name, or
 #   is checked not to start with space or tab).
-# Atomic groups: a message that almost matches fails in linear time, without backtracking.
+# Possessive quantifiers (atomic: never given back), so a message that almost matches fails in
+# linear time; `re` also runs them ~20 % faster than atomic groups or plain quantifiers here.
 _FIVE = rb"(?:Call-ID|From|To|CSeq|Content-Length):"
-_OTHER = rb"(?>(?:(?!" + _FIVE + rb")[^\n]+\r\n)*)"
-_VAL = rb":[ \t\r\x0b\x0c]*+((?>(?:[^\n]*[^\s])?))[ \t\r\x0b\x0c]*+\n(?![ \t])"
+_OTHER = rb"(?:(?!" + _FIVE + rb")[^\n]+\r\n)*+"
+_VAL = rb":[ \t\r\x0b\x0c]*+((?:[^\n]*[^\s])?+)[ \t\r\x0b\x0c]*+\n(?![ \t])"
 _common_layout = re.compile(
     rb"([^\n]*)\r\n" + _OTHER + rb"From" + _VAL + _OTHER + rb"To" + _VAL + _OTHER
     + rb"Call-ID" + _VAL + _OTHER + rb"CSeq" + _VAL + _OTHER + rb"Content-Length" + _VAL
-    + rb"(?>(?:[^\n]+\r\n)*)(?<=\r\n)\r\n"
+    + rb"(?:[^\n]+\r\n)*+(?<=\r\n)\r\n"
 ).match
 _METHODS = {
     m.encode(): m
@@ -285,24 +286,40 @@ def _find_tag(value: bytes) -> str | None:
 
 
 _new_message = tuple.__new__  # NamedTuple construction without the keyword-handling wrapper
-# A call's packets repeat a handful of status lines ("SIP/2.0 200 OK") and CSeq values
-# ("1 INVITE"): parse each once. Bounded: cleared when full.
+# A call's packets repeat a handful of start lines ("SIP/2.0 200 OK", the ACK and BYE sent to
+# the callee's Contact) and CSeq values ("1 INVITE"): parse each once. Bounded: cleared when
+# full (16,384 lines of ~60 bytes: a few MB at most).
 _CACHE_MAX = 1 << 14
-_STATUS_CACHE: dict[bytes, tuple[int, str]] = {}
+_StartLine = tuple[str | None, int, str, bytes]  # method, status, phrase, Request-URI
+_START_CACHE: dict[bytes, _StartLine] = {}
 _CSEQ_CACHE: dict[bytes, tuple[int, str]] = {}
 
 
-def _status_line(start: bytes) -> tuple[int, str]:
-    code = start[8:11]
-    if len(code) != 3 or not code.isdigit() or start[11:12] not in (b" ", b""):
-        raise SipError("bad_start_line", f"status line {start[:60]!r}")
-    status = int(code)
-    if not 100 <= status <= 699:
-        raise SipError("bad_status", f"status {status} outside 100–699")
-    if len(_STATUS_CACHE) >= _CACHE_MAX:
-        _STATUS_CACHE.clear()
-    r = _STATUS_CACHE[start] = (status, start[12:].decode("utf-8", "replace"))
-    return r
+def _start_line(start: bytes) -> _StartLine:
+    if start.startswith(b"SIP/2.0 "):
+        code = start[8:11]
+        if len(code) != 3 or not code.isdigit() or start[11:12] not in (b" ", b""):
+            raise SipError("bad_start_line", f"status line {start[:60]!r}")
+        status = int(code)
+        if not 100 <= status <= 699:
+            raise SipError("bad_status", f"status {status} outside 100–699")
+        line: _StartLine = (None, status, start[12:].decode("utf-8", "replace"), b"")
+    else:
+        parts = start.split(b" ")
+        if len(parts) != 3 or parts[2] != b"SIP/2.0":
+            raise SipError("bad_start_line", f"request line {start[:60]!r}")
+        method = _METHODS.get(parts[0])
+        if method is None:
+            if not _TOKEN_RE.fullmatch(parts[0]):
+                raise SipError("bad_start_line", f"request method {parts[0][:20]!r}")
+            method = parts[0].decode("ascii")
+        if not parts[1]:
+            raise SipError("bad_start_line", "empty Request-URI")
+        line = (method, 0, "", parts[1])
+    if len(_START_CACHE) >= _CACHE_MAX:
+        _START_CACHE.clear()
+    _START_CACHE[start] = line
+    return line
 
 
 def _cseq(value: bytes) -> tuple[int, str]:
@@ -364,26 +381,8 @@ def parse(data: bytes) -> SipMessage:
             found = _any_spelling(data[:hlen])
         call_id, from_v, to_v, cseq_v, cl_v = found
 
-    method: str | None = None
-    ruri = b""
-    if (cached := _STATUS_CACHE.get(start)) is not None:
-        status, phrase = cached
-    elif start.startswith(b"SIP/2.0 "):
-        status, phrase = _status_line(start)
-    else:
-        parts = start.split(b" ")
-        if len(parts) != 3 or parts[2] != b"SIP/2.0":
-            raise SipError("bad_start_line", f"request line {start[:60]!r}")
-        method = _METHODS.get(parts[0])
-        if method is None:
-            if not _TOKEN_RE.fullmatch(parts[0]):
-                raise SipError("bad_start_line", f"request method {parts[0][:20]!r}")
-            method = parts[0].decode("ascii")
-        if not parts[1]:
-            raise SipError("bad_start_line", "empty Request-URI")
-        ruri = parts[1]
-        status = 0
-        phrase = ""
+    line = _START_CACHE.get(start)
+    method, status, phrase, ruri = line if line is not None else _start_line(start)
 
     if call_id is None:
         raise SipError("no_call_id", "missing Call-ID header")
