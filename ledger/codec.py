@@ -90,6 +90,25 @@ _SEQ_CREATED = struct.Struct(">qq")
 # One encoder, built once: json.dumps with options builds a new one per call.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
+
+def _c_encoder() -> Any:
+    # `JSONEncoder.encode` builds the C encoder (and a dict for its cycle check) on every
+    # call: ~1 µs of a call document's 5. The same C encoder with the same options, built
+    # once, writes the same bytes; the documents are rows, never cyclic.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return None
+    return make(None, _JSON.default, json.encoder.encode_basestring, None, ":", ",",
+                False, False, True)  # fmt: skip
+
+
+_C_JSON = _c_encoder()
+
+
+def _json_text(doc: list[Any]) -> str:
+    """`_JSON.encode(doc)`, faster when the C encoder is there."""
+    return _JSON.encode(doc) if _C_JSON is None else "".join(_C_JSON(doc, 0))
+
 CallRow = tuple[Any, ...]
 PaymentRow = tuple[str, str, str, int, str]
 RateRow = tuple[str, str, int]  # (plan, prefix, valid_since) of a deck row that priced a leg
@@ -277,7 +296,7 @@ def canonical(
         call if call is None or type(call) in (list, tuple) else list(call),
         payment if payment is None or type(payment) in (list, tuple) else list(payment),
     ]
-    return _JSON.encode(doc).encode("utf-8")
+    return _json_text(doc).encode("utf-8")
 
 
 def check_types(tx: Transaction, crow: CallRow | None, prow: PaymentRow | None) -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_ledger_fixtures import T0, call
 
+from ledger import codec
 from ledger import transactions as txs
 from ledger.codec import call_from_row, call_row, encode, rating_digest
 from ledger.errors import InvalidTransaction, NotZeroSum
@@ -233,3 +234,19 @@ def test_check_refuses_a_created_time_the_chain_cannot_hold() -> None:
                           postings=good.postings, created=created, payment=good.payment)
         with pytest.raises(InvalidTransaction, match="created"):
             txs.check(bad)
+
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.text(max_size=30),
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_json_leaf, st.lists(_json_leaf, max_size=4),
+                          st.tuples(_json_leaf, _json_leaf)), max_size=60))  # fmt: skip
+def test_canonical_json_is_the_standard_encoders_text(doc: list[object]) -> None:
+    # The digest of every stored transaction depends on these bytes: the encoder built once
+    # must write exactly what `json.JSONEncoder.encode` with the same options writes.
+    assert codec._json_text(doc) == codec._JSON.encode(doc)
+    assert codec._C_JSON is not None  # CPython: the fast path is the one tested
