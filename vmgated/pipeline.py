@@ -100,37 +100,43 @@ class Pipeline:
         # offset from its capture agent's clock and is expired on that clock (sip.dialog).
         received = None if self.capture_clocked else self.clock_us()
         ours = 0 if received is None or replaying else received  # 0: no clock check
-        for data, sender in batch:
-            try:
+        ok = 0  # counted once per batch: a tuple-keyed dict update per packet costs ~0.1 µs
+        try:
+            for data, sender in batch:
                 try:
-                    pkt = decode(data)
-                except hep.HepError as exc:
-                    self.dropped("hep", exc.reason, exc, sender)
-                    continue
-                if auth_key is not None and pkt.auth_key != auth_key:
-                    self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
-                    continue
-                if pkt.proto_type != SIP_PROTO_TYPE:
-                    self.dropped("hep", "not_sip", f"protocol type {pkt.proto_type}", sender)
-                    continue
-                try:
-                    msg = parse(pkt.payload)
-                except message.SipError as exc:
-                    self.dropped("hep", "sip_" + exc.reason, exc, sender)
-                    continue
-                packets[("hep", "ok")] += 1
-                if ours and not -SKEW_WARN_US < ours - pkt.ts_us < SKEW_WARN_US:
-                    self._skewed(ours - pkt.ts_us, sender, pkt.capture_id)
-                records = feed(msg, pkt.ts_us, pkt.src, pkt.dst, pkt.capture_id,
-                               pkt.correlation_id, received)
-                if records:
-                    for record in records:
-                        try:
-                            self.bill(Billable("", record))
-                        except Exception as exc:
-                            self.failed("hep", exc, sender)  # a datagram's other record goes on
-            except Exception as exc:
-                self.failed("hep", exc, sender)
+                    try:
+                        pkt = decode(data)
+                    except hep.HepError as exc:
+                        self.dropped("hep", exc.reason, exc, sender)
+                        continue
+                    # One unpack instead of eight attribute reads (HepPacket is a NamedTuple).
+                    (_, _, _, src, dst, ts_us, proto_type, capture_id, key, payload,
+                     correlation_id, _) = pkt  # fmt: skip
+                    if auth_key is not None and key != auth_key:
+                        self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
+                        continue
+                    if proto_type != SIP_PROTO_TYPE:
+                        self.dropped("hep", "not_sip", f"protocol type {proto_type}", sender)
+                        continue
+                    try:
+                        msg = parse(payload)
+                    except message.SipError as exc:
+                        self.dropped("hep", "sip_" + exc.reason, exc, sender)
+                        continue
+                    ok += 1
+                    if ours and not -SKEW_WARN_US < ours - ts_us < SKEW_WARN_US:
+                        self._skewed(ours - ts_us, sender, capture_id)
+                    records = feed(msg, ts_us, src, dst, capture_id, correlation_id, received)
+                    if records:
+                        for record in records:
+                            try:
+                                self.bill(Billable("", record))
+                            except Exception as exc:
+                                self.failed("hep", exc, sender)  # its other record goes on
+                except Exception as exc:
+                    self.failed("hep", exc, sender)
+        finally:
+            packets[("hep", "ok")] += ok
 
     def feed_cdr(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
         """Process a batch of CDR datagrams (one JSON object each, or several lines)."""
