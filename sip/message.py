@@ -308,11 +308,7 @@ def _start_line(start: bytes) -> _StartLine:
         parts = start.split(b" ")
         if len(parts) != 3 or parts[2] != b"SIP/2.0":
             raise SipError("bad_start_line", f"request line {start[:60]!r}")
-        method = _METHODS.get(parts[0])
-        if method is None:
-            if not _TOKEN_RE.fullmatch(parts[0]):
-                raise SipError("bad_start_line", f"request method {parts[0][:20]!r}")
-            method = parts[0].decode("ascii")
+        method = _method(parts[0], "bad_start_line", "request method")
         if not parts[1]:
             raise SipError("bad_start_line", "empty Request-URI")
         line = (method, 0, "", parts[1])
@@ -322,6 +318,16 @@ def _start_line(start: bytes) -> _StartLine:
     return line
 
 
+def _method(token: bytes, reason: str, what: str) -> str:
+    """A method name: one of RFC 3261's and its extensions' as the same str, else any token."""
+    method = _METHODS.get(token)
+    if method is None:
+        if not _TOKEN_RE.fullmatch(token):
+            raise SipError(reason, f"{what} {token[:20]!r}")
+        method = token.decode("ascii")
+    return method
+
+
 def _cseq(value: bytes) -> tuple[int, str]:
     cs = value.split()
     if len(cs) != 2 or not cs[0].isdigit() or len(cs[0]) > _MAX_DIGITS:
@@ -329,11 +335,7 @@ def _cseq(value: bytes) -> tuple[int, str]:
     num = int(cs[0])
     if num >= 2**31:
         raise SipError("bad_cseq", f"CSeq number {num} is not below 2**31")
-    method = _METHODS.get(cs[1])
-    if method is None:
-        if not _TOKEN_RE.fullmatch(cs[1]):
-            raise SipError("bad_cseq", f"CSeq method {cs[1][:20]!r}")
-        method = cs[1].decode("ascii")
+    method = _method(cs[1], "bad_cseq", "CSeq method")
     if len(_CSEQ_CACHE) >= _CACHE_MAX:
         _CSEQ_CACHE.clear()
     r = _CSEQ_CACHE[value] = (num, method)
