@@ -110,9 +110,9 @@ class Pipeline:
                         self.dropped("hep", exc.reason, exc, sender)
                         continue
                     # One unpack instead of eight attribute reads (HepPacket is a NamedTuple).
-                    (_, _, _, src, dst, ts_us, proto_type, capture_id, key, payload,
+                    (_, _, _, src, dst, ts_us, proto_type, capture_id, hep_key, payload,
                      correlation_id, _) = pkt  # fmt: skip
-                    if auth_key is not None and key != auth_key:
+                    if auth_key is not None and hep_key != auth_key:
                         self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
                         continue
                     if proto_type != SIP_PROTO_TYPE:
