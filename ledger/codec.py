@@ -199,7 +199,7 @@ def call_row(entry: CallEntry) -> CallRow:
         entry.sip_code,
         entry.disposition,
         entry.margin,
-        _JSON.encode(list(entry.flags)) if entry.flags else "[]",
+        _json_text(list(entry.flags)) if entry.flags else "[]",
         ",".join(names),
         *slots[0],
         *slots[1],
@@ -366,5 +366,5 @@ def chain_hash(prev_hash: bytes, seq: int, created: int, digest: bytes) -> bytes
 
 def rating_digest(entry: CallEntry) -> str:
     """A short stable id of one rating of a call (16 hex chars), used in rerate keys."""
-    body = _JSON.encode(list(call_row(entry)))
+    body = _json_text(list(call_row(entry)))
     return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
