@@ -334,29 +334,57 @@ def check_types(tx: Transaction, crow: CallRow | None, prow: PaymentRow | None) 
                 raise TypeError(f"payment.{field_name}: {value!r} has the wrong type")
 
 
-def encode(tx: Transaction) -> Encoded:
-    """Rows and content digest of a transaction.
+def wire_rows(
+    tx: Transaction,
+) -> tuple[str, tuple[tuple[str, int], ...], CallRow | None, PaymentRow | None]:
+    """A transaction's kind, postings, call row and payment row, their types checked.
 
-    Raises TypeError for a field of the wrong type, UnicodeEncodeError for unencodable text.
+    What `encode` hashes, without the hashing: the writer sends these to its write process,
+    which encodes them there (ledger/planner.py). Raises TypeError for a field whose Python
+    type the STRICT tables would refuse, ValueError for a leg of no known party.
     """
     postings = tuple((p.account, p.amount) for p in tx.postings)
     crow = None if tx.call is None else call_row(tx.call)
     prow = None if tx.payment is None else payment_row(tx.payment)
     check_types(tx, crow, prow)
-    kind = tx.kind.value
-    body = canonical(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
-    digest = hashlib.sha256(body).digest()
-    rates: tuple[RateRow, ...] = ()
-    if crow is not None and kind == "call":
-        rates = tuple(
-            (crow[plan_i], crow[prefix_i], crow[since_i])
-            for plan_i, unrated_i, prefix_i, since_i in RATE_OFFSETS
-            if crow[unrated_i] is None
-            and crow[plan_i] is not None
-            and crow[prefix_i] is not None
-            and crow[since_i] is not None
-        )
-    return Encoded(tx, kind, postings, crow, prow, digest, digest.hex(), rates)
+    return tx.kind.value, postings, crow, prow
+
+
+def content_digest(
+    key: str,
+    kind: str,
+    currency: str,
+    reason: str,
+    postings: Sequence[Sequence[Any]],
+    call: Sequence[Any] | None,
+    payment: Sequence[Any] | None,
+) -> bytes:
+    """SHA-256 of the canonical content; raises UnicodeEncodeError for unencodable text."""
+    return hashlib.sha256(canonical(key, kind, currency, reason, postings, call, payment)).digest()
+
+
+def priced_by(kind: str, crow: CallRow | None) -> tuple[RateRow, ...]:
+    """Deck rows that priced a leg of a call row (none for other kinds), for `used_rates`."""
+    if crow is None or kind != "call":
+        return ()
+    return tuple(
+        (crow[plan_i], crow[prefix_i], crow[since_i])
+        for plan_i, unrated_i, prefix_i, since_i in RATE_OFFSETS
+        if crow[unrated_i] is None
+        and crow[plan_i] is not None
+        and crow[prefix_i] is not None
+        and crow[since_i] is not None
+    )
+
+
+def encode(tx: Transaction) -> Encoded:
+    """Rows and content digest of a transaction.
+
+    Raises TypeError for a field of the wrong type, UnicodeEncodeError for unencodable text.
+    """
+    kind, postings, crow, prow = wire_rows(tx)
+    digest = content_digest(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
+    return Encoded(tx, kind, postings, crow, prow, digest, digest.hex(), priced_by(kind, crow))
 
 
 def chain_hash(prev_hash: bytes, seq: int, created: int, digest: bytes) -> bytes:

@@ -158,3 +158,66 @@ def test_a_killed_write_process_is_replaced_and_nothing_is_lost_or_doubled(
         assert conn.execute("SELECT COUNT(*) FROM payments").fetchone()[0] == n
     assert len(keys) == n and set(keys.values()) == {1}
     assert verify(path).ok
+
+
+def _pay(ref: str) -> txs.Transaction:
+    return txs.payment_in("acme", 1_000, ref, T0, "USD")
+
+
+async def _commit_then_kill(ledger: Ledger, refs: list[str]) -> None:
+    """Have the write process commit `refs` behind the writer's back, then SIGKILL it: what
+    the writer sees when a process dies after COMMIT and before its answer."""
+    from ledger.writer import prepare
+
+    writer = ledger._writer
+    sink = writer._sink
+    wires = [[prepare(_pay(ref))] for ref in refs]
+    await sink.request("group", writer._seq, writer._hash_hex, wires, None)
+    os.kill(sink.pid, signal.SIGKILL)
+    while pid_alive(sink.pid) and sink._proc.returncode is None:
+        await asyncio.sleep(0.01)
+
+
+def test_a_group_committed_by_a_process_killed_before_answering_is_answered_new(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+
+    async def body() -> list[Receipt]:
+        ledger = await Ledger.open(path, batch_max=100, batch_ms=50)
+        try:
+            await ledger.submit(_pay("first"))
+            await _commit_then_kill(ledger, ["x", "y"])
+            futs = [ledger.submit_nowait(_pay(ref)) for ref in ("first", "x", "x", "y", "z")]
+            receipts = list(await asyncio.gather(*futs))
+            assert ledger.balances.get("USD", "customer:acme") == 4_000
+            assert await ledger.head() == (4, receipts[-1].hash)
+            return receipts
+        finally:
+            await ledger.close()
+
+    receipts = asyncio.run(body())
+    assert [(r.key, r.seq, r.existed) for r in receipts] == [
+        ("pay:first", 1, True),
+        ("pay:x", 2, False),  # committed before the death: the lost answer said new
+        ("pay:x", 2, True),
+        ("pay:y", 3, False),
+        ("pay:z", 4, False),  # not in the file: written by the new process
+    ]
+    assert verify(path).ok
+
+
+def test_a_file_moved_past_what_the_group_explains_stops_that_group(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+
+    async def body() -> BaseException | Receipt:
+        ledger = await Ledger.open(path, batch_max=100, batch_ms=50)
+        try:
+            await _commit_then_kill(ledger, ["x", "stranger"])
+            result = await asyncio.gather(ledger.submit_nowait(_pay("x")), return_exceptions=True)
+            return result[0]
+        finally:
+            await ledger.close()
+
+    result = asyncio.run(body())
+    assert isinstance(result, LedgerWriteFailed) and "does not explain" in str(result)

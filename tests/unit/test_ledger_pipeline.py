@@ -1,5 +1,7 @@
-"""The writer's pipeline: group N+1 is planned while group N is written, and stays right
-when N shares keys or rate rows with it, or when the file already holds some of its keys."""
+"""The writer's groups, one after the other through the write process: they stay right when
+they share keys or rate rows, when the file already holds some of their keys, and after a
+group that failed. (Until 2026-11-24 the loop planned group N+1 while N was written; the
+tests of that pipeline stay, as tests of the same promises.)"""
 
 from __future__ import annotations
 
@@ -166,4 +168,20 @@ def test_keys_met_one_lookup_at_a_time_are_all_remembered(tmp_path: Path) -> Non
     assert all(r.seq == first[r.key] for r in receipts)
     assert [r.existed for r in receipts[-2:]] == [True, True]
     assert count(db, "SELECT COUNT(*) FROM transactions") == 4
+    assert verify(db).ok
+
+
+def test_text_that_cannot_be_encoded_fails_its_caller_and_not_its_group(tmp_path: Path) -> None:
+    db = tmp_path / "l.db"
+    bad = txs.payment_in("acme", 5, "ref-\ud800", T0, "USD")  # a lone surrogate: not UTF-8
+
+    async def body(ledger: Ledger) -> list[Receipt | BaseException]:
+        futs = [ledger.submit_nowait(pay("a")), ledger.submit_nowait(bad)]
+        futs.append(ledger.submit_nowait(pay("b")))
+        return list(await asyncio.gather(*futs, return_exceptions=True))
+
+    a, failed, b = with_ledger(db, body, batch_max=10, batch_ms=20)
+    assert isinstance(failed, InvalidTransaction) and "surrogate" in str(failed)
+    assert isinstance(a, Receipt) and isinstance(b, Receipt) and (a.seq, b.seq) == (1, 2)
+    assert count(db, "SELECT COUNT(*) FROM transactions") == 2
     assert verify(db).ok
