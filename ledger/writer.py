@@ -39,6 +39,7 @@ from ledger.errors import (
     InvalidTransaction,
     KeyConflict,
     LedgerClosed,
+    LedgerError,
     LedgerFull,
     LedgerWriteFailed,
 )
@@ -54,8 +55,10 @@ CommitHook = Callable[[int, float], None]
 FAIL_LOG_EVERY = 10.0
 """Seconds between two log messages about failed groups (the rest are counted)."""
 
-RESTARTS_PER_GROUP = 3
-"""Write processes started for one group whose process died before it is failed."""
+RESTARTS_PER_GROUP = 10
+"""Write processes started in a row for a group whose process died, before the writer stops."""
+RESTART_PAUSE_S = 0.1
+"""Pause after a write process could not be started, before the next try."""
 
 
 @dataclass(slots=True)
@@ -248,57 +251,83 @@ class Writer:
         """Have the write process plan and commit one group, then answer its callers."""
         wires = [[item.wire for item in unit] for unit in units]
         started = time.perf_counter()
+        done: Written | Exception | None
         try:
-            try:
-                done = await self._sink.request(
-                    "group", self._seq, self._hash_hex, wires, None
-                )
-            except WriteProcessDied:
-                done = await self._after_death(wires)
+            done = await self._sink.request("group", self._seq, self._hash_hex, wires, None)
+        except WriteProcessDied:
+            done = None
         except Exception as exc:
-            self._failed(units, exc)
+            done = exc  # refused whole (SQLite error, another writer): nothing written
+        if done is None:
+            done = await self._after_death(wires)
+        if isinstance(done, Exception):
+            self._failed(units, done)
             return
         self._commit(units, done, time.perf_counter() - started)
 
-    async def _after_death(self, wires: list[list[Wire]]) -> Written:
+    async def _after_death(self, wires: list[list[Wire]]) -> Written | Exception:
         """The write process died with this group sent: start another and send it again.
 
         Whether the group committed before the death is in the file: its head is either the
         one this writer last heard of (nothing of the group written: it is written now) or
         past it, by exactly the group's new transactions (its answer was lost: the new
         process finds every key and, told `new_since`, answers as the lost reply would have).
-        Anything else stops the writer: the file moved in a way this writer did not send.
+        Returns that answer, or the error for the callers of a group known not to be written
+        (or whose file moved in a way this writer did not send).
+
+        Raises LedgerWriteFailed, which stops the writer, when RESTARTS_PER_GROUP processes in
+        a row die or cannot start before the group's fate is known: telling its callers "not
+        written" could be false, and their retries would then be taken for duplicates whose
+        balances were never counted.
         """
-        for attempt in range(1, RESTARTS_PER_GROUP + 1):
+        size = sum(map(len, wires))
+        committed = False
+        for _ in range(RESTARTS_PER_GROUP):
             died = self._sink
             await died.abort()
-            self._sink = await WriteProcess.start(self._path, wal_checkpoint_every=self._wal_every)
-            seq, head_hex = await self._sink.request("head")
+            try:
+                self._sink = await WriteProcess.start(
+                    self._path, wal_checkpoint_every=self._wal_every
+                )
+                seq, head_hex = await self._sink.request("head")
+            except (LedgerError, sqlite3.Error, OSError) as exc:
+                log.warning("ledger: no write process after process %d died: %s", died.pid, exc)
+                await asyncio.sleep(RESTART_PAUSE_S)
+                continue
             committed = (seq, head_hex) != (self._seq, self._hash_hex)
             log.warning(
                 "ledger: write process %d died with a group of %d in flight (%s); "
                 "process %d took over at seq %d",
                 died.pid,
-                sum(map(len, wires)),
+                size,
                 "it was committed: its answer was lost" if committed else "not written",
                 self._sink.pid,
                 seq,
             )
             if committed and seq < self._seq:
-                break
+                return self._unexplained(seq)
             try:
                 done: Written = await self._sink.request(
                     "group", seq, head_hex, wires, self._seq if committed else None
                 )
             except WriteProcessDied:
-                if attempt < RESTARTS_PER_GROUP:
-                    continue
-                raise
+                continue  # its fate is unknown again: the next process reads the file
+            except Exception as exc:
+                if committed:
+                    continue  # written, but the answer is still to be had
+                return exc
             new = sum(1 for code, _, _ in done[2] if code == NEW)
             if done[0] != self._seq + new:
-                break
+                return self._unexplained(done[0])
             return done
         raise LedgerWriteFailed(
+            f"{RESTARTS_PER_GROUP} write processes in a row died or could not start with a "
+            f"group of {size} transactions in flight, whose commit is unknown"
+            f"{' (the file moved: it was)' if committed else ''}; restart vmgated"
+        )
+
+    def _unexplained(self, seq: int) -> LedgerWriteFailed:
+        return LedgerWriteFailed(
             f"after the write process died the file's head is seq {seq}, which the group in "
             f"flight does not explain (this writer's head was {self._seq}); restart vmgated"
         )

@@ -221,3 +221,32 @@ def test_a_file_moved_past_what_the_group_explains_stops_that_group(tmp_path: Pa
 
     result = asyncio.run(body())
     assert isinstance(result, LedgerWriteFailed) and "does not explain" in str(result)
+
+
+def test_a_group_whose_commit_cannot_be_learnt_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telling callers "not written" when it may be false would make their retries look like
+    duplicates whose balances were never counted: the writer stops instead (restart)."""
+    import ledger.writer as writer_module
+    from ledger.sinkclient import WriteProcess
+
+    async def no_process(*args: object, **kwargs: object) -> WriteProcess:
+        raise LedgerError("another process is writing this ledger")
+
+    async def body() -> BaseException | Receipt:
+        ledger = await Ledger.open(tmp_path / "l.db", batch_max=100, batch_ms=50)
+        try:
+            await _commit_then_kill(ledger, ["x"])
+            monkeypatch.setattr(writer_module, "RESTARTS_PER_GROUP", 2)
+            monkeypatch.setattr(writer_module, "RESTART_PAUSE_S", 0.0)
+            monkeypatch.setattr(WriteProcess, "start", no_process)
+            result = await asyncio.gather(ledger.submit_nowait(_pay("x")), return_exceptions=True)
+            return result[0]
+        finally:
+            with pytest.raises(LedgerWriteFailed, match="commit is unknown"):
+                await ledger.close()
+
+    result = asyncio.run(body())
+    assert isinstance(result, LedgerWriteFailed)
+    assert "writer stopped" in str(result) and "whose commit is unknown" in str(result)
