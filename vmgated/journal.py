@@ -23,7 +23,9 @@ the journal keeps every datagram in between, so a crash still loses nothing, onl
 replay gets longer.
 
 Files in `<state_dir>/dialogs/`: `snapshot` (`VMGS`, u32 generation, payload) and
-`journal.<generation>` (records: u8 kind, u16 sender length, sender, u32 length, payload).
+`journal.<generation>` (records: u8 kind, u16 sender length, sender, u32 length, payload; or,
+for a batch from one sender, u8 kind | 0x80, u16 sender length, sender, u32 count, count × u32
+length, the payloads. Journals written before 2026-11-24 hold the first kind only.)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ CDR = 2
 _SNAP_MAGIC = b"VMGS"
 _HEAD = struct.Struct("!BH")
 _LEN = struct.Struct("!I")
+_RUN = 0x80  # kind bit: a run record (u32 count, count u32 lengths, then the payloads)
 SNAPSHOT_MIN_S = 1.0  # at most one snapshot per tick
 SNAPSHOT_SHARE = 0.05  # of wall time spent building and writing snapshots, at most
 SNAPSHOT_RETRY_S = 10.0  # after a failed snapshot (disk full): each try starts a journal file
@@ -99,8 +102,23 @@ def _prefix(kind: int, addr: tuple[str, int]) -> bytes:
 
 
 def encode_entries(kind: int, batch: Sequence[tuple[bytes, tuple[str, int]]]) -> bytes:
-    """Frame a batch of (payload, (ip, port)) datagrams as journal records."""
-    # A proxy sends from a handful of ports: the framed sender is built once per (kind, addr).
+    """Frame a batch of (payload, (ip, port)) datagrams as journal records.
+
+    A batch from one sender (a proxy sends from one port: nearly always) is one run record:
+    one header, a table of lengths, the payloads. Framing each datagram on its own cost
+    0.45 µs per datagram inside the daemon at 55,000/s, the run ~0.1 (bench/README.md).
+    """
+    if not batch:
+        return b""
+    payloads, senders = zip(*batch, strict=True)
+    first = senders[0]
+    n = len(payloads)
+    if senders.count(first) == n:
+        run_head = _prefixes.get((kind | _RUN, first)) or _prefix(kind | _RUN, first)
+        return b"".join((run_head, _LEN.pack(n), struct.pack(f"!{n}I", *map(len, payloads)),
+                         *payloads))  # fmt: skip
+    # Several senders: one record per datagram, with its sender's framed prefix (built once
+    # per (kind, addr)).
     prefixes = _prefixes
     pack_len = _LEN.pack
     parts: list[bytes] = []
@@ -120,7 +138,7 @@ def decode_entries(data: bytes) -> Iterator[Entry]:
 
 
 def _records(data: bytes) -> Iterator[tuple[Entry, int]]:
-    """Each whole record in `data` with the offset just past it."""
+    """Each datagram of the whole records in `data`, with the offset just past its record."""
     view = memoryview(data)
     pos, end = 0, len(data)
     while pos + _HEAD.size <= end:
@@ -130,12 +148,26 @@ def _records(data: bytes) -> Iterator[tuple[Entry, int]]:
             return
         sender = bytes(view[pos : pos + slen]).decode("ascii", "replace")
         pos += slen
-        (plen,) = _LEN.unpack_from(view, pos)
+        (count,) = _LEN.unpack_from(view, pos)
         pos += _LEN.size
-        if pos + plen > end:
+        if not kind & _RUN:
+            if pos + count > end:
+                return
+            yield Entry(kind, sender, bytes(view[pos : pos + count])), pos + count
+            pos += count
+            continue
+        # A run: `count` lengths, then the payloads; read only once it is all there.
+        if pos + 4 * count > end:
             return
-        yield Entry(kind, sender, bytes(view[pos : pos + plen])), pos + plen
-        pos += plen
+        lengths = struct.unpack_from(f"!{count}I", view, pos)
+        pos += 4 * count
+        after = pos + sum(lengths)
+        if after > end:
+            return
+        kind &= ~_RUN
+        for length in lengths:
+            yield Entry(kind, sender, bytes(view[pos : pos + length])), after
+            pos += length
 
 
 class Journal:

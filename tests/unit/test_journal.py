@@ -151,15 +151,40 @@ def test_a_snapshot_the_disk_refuses_leaves_no_part_written_file_and_backs_off(
 
 
 def test_torn_tail_is_ignored() -> None:
-    data = encode_entries(HEP, [(b"one", ("1.2.3.4", 5)), (b"two", ("1.2.3.4", 5))])
+    # Two senders: a record per datagram, and only the torn one is lost.
+    data = encode_entries(HEP, [(b"one", ("1.2.3.4", 5)), (b"two", ("1.2.3.4", 6))])
     assert [e.payload for e in decode_entries(data[:-1])] == [b"one"]
+    # One sender: one run record, read only whole (one write: a crash cannot tear it; power
+    # loss may, and then the batch goes as the datagrams after it do).
+    run = encode_entries(HEP, [(b"one", ("1.2.3.4", 5)), (b"two", ("1.2.3.4", 5))])
+    assert len(run) < len(data)
+    for cut in range(len(run)):
+        assert list(decode_entries(data + run[:cut])) == list(decode_entries(data))
+    assert [e.payload for e in decode_entries(data + run)] == [b"one", b"two"] * 2
 
 
-@given(st.lists(st.tuples(st.binary(max_size=64), st.integers(0, 65535)), max_size=20))
-def test_encode_decode_round_trip(items: list[tuple[bytes, int]]) -> None:
+def test_journals_written_one_record_per_datagram_are_still_read() -> None:
+    """The framing of journals left by a build before 2026-11-24, a restart after upgrade."""
+    old = b"".join(
+        bytes([HEP]) + len(s).to_bytes(2, "big") + s + len(p).to_bytes(4, "big") + p
+        for s, p in ((b"10.0.0.1:5060", b"INVITE"), (b"10.0.0.1:5060", b""))
+    )
+    assert [(e.kind, e.sender, e.payload) for e in decode_entries(old)] == [
+        (HEP, "10.0.0.1:5060", b"INVITE"),
+        (HEP, "10.0.0.1:5060", b""),
+    ]
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=64), st.sampled_from([5060, 5060, 9])), max_size=20),
+    st.sampled_from([HEP, CDR]),
+)
+def test_encode_decode_round_trip(items: list[tuple[bytes, int]], kind: int) -> None:
     batch = [(p, ("192.0.2.1", port)) for p, port in items]
-    out = list(decode_entries(encode_entries(HEP, batch)))
-    assert [(e.payload, e.sender) for e in out] == [(p, f"192.0.2.1:{port}") for p, port in items]
+    out = list(decode_entries(encode_entries(kind, batch)))
+    assert [(e.kind, e.payload, e.sender) for e in out] == [
+        (kind, p, f"192.0.2.1:{port}") for p, port in items
+    ]
 
 
 def test_replay_reads_records_across_chunk_boundaries_and_skips_a_torn_tail(
