@@ -4,7 +4,7 @@ Callers hand transactions over with `submit_nowait` (on the event loop thread). 
 checked and the rows made right there (`prepare`: `check`, then the posting, call and payment
 rows with their column types checked), so a transaction that breaks a rule fails its caller
 at once and never reaches SQLite. The writer task takes up to `batch_max` queued transactions
-(waiting at most `batch_ms` for a group to fill when it was idle) and sends them to the write
+(a group leaves when full or `batch_ms` after the one before it) and sends them to the write
 process (ledger/sink.py, one pickle per group), which plans the group against the file's head
 — content digests, seqs, chain hashes, rows, the lookup of keys already in the file
 (ledger/planner.py) — and writes it as one SQLite transaction: BEGIN IMMEDIATE, head check,
@@ -190,10 +190,13 @@ class Writer:
 
     async def _run(self) -> None:
         # One group at a time: while the write process plans, writes and fsyncs it, the loop
-        # goes on queueing; the next group leaves when the answer is in. Only an idle writer
-        # waits (up to batch_ms) for a group to fill: after a write, the write was the window.
+        # goes on queueing. A group leaves when it is full, or batch_ms after the one before
+        # it left (after an idle spell, batch_ms after the first transaction came): sending
+        # each time an answer came in made twice as many small groups at 60,000 HEP
+        # packets/s, each one an fsync that the journal's writes on the same file system
+        # then queued behind, and a round of pickling, pipe writes and wake-ups on the loop.
         units: list[_Unit] = []  # taken from the queue, not yet answered
-        idle = True
+        last_sent = -self._batch_s
         try:
             while True:
                 if not self._queue:
@@ -201,16 +204,17 @@ class Writer:
                         return
                     self._wake.clear()
                     await self._wake.wait()
-                    idle = True
+                    last_sent = max(last_sent, time.monotonic())
                     continue
-                if idle and self._queued < self._batch_max and not self._closing and self._batch_s:
+                window = last_sent + self._batch_s - time.monotonic()
+                if window > 0 and self._queued < self._batch_max and not self._closing:
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), self._batch_s)
+                        await asyncio.wait_for(self._full.wait(), window)
                 units = self._take()
+                last_sent = time.monotonic()
                 await self._write(units)
                 units = []
-                idle = False
                 await self._maintain()
         except BaseException as exc:
             # The writer must never die silently: whoever waits learns why.

@@ -20,7 +20,11 @@ the truth: recovery replays every journal from the snapshot's generation on, in 
 `checkpoint_due` also spaces snapshots so that they take at most `SNAPSHOT_SHARE` of wall time
 (and at most one per `SNAPSHOT_MIN_S`), and never starts one while another is being written;
 the journal keeps every datagram in between, so a crash still loses nothing, only restart
-replay gets longer.
+replay gets longer. The share is 2 % (5 % until 2026-11-24): at 55,000 HEP packets/s the
+snapshot thread held the GIL for 0.4–0.9 µs per packet, a twentieth of the event loop's
+budget, and the loop is what limits the end-to-end rate (bench/README.md). The price is a
+longer replay after `kill -9`: snapshots 2.5× further apart (a few seconds of traffic at
+that rate, replayed at restart before the listeners read).
 
 Files in `<state_dir>/dialogs/`: `snapshot` (`VMGS`, u32 generation, payload) and
 `journal.<generation>` (records: u8 kind, u16 sender length, sender, u32 length, payload; or,
@@ -45,7 +49,7 @@ _HEAD = struct.Struct("!BH")
 _LEN = struct.Struct("!I")
 _RUN = 0x80  # kind bit: a run record (u32 count, count u32 lengths, then the payloads)
 SNAPSHOT_MIN_S = 1.0  # at most one snapshot per tick
-SNAPSHOT_SHARE = 0.05  # of wall time spent building and writing snapshots, at most
+SNAPSHOT_SHARE = 0.02  # of wall time spent building and writing snapshots, at most
 SNAPSHOT_RETRY_S = 10.0  # after a failed snapshot (disk full): each try starts a journal file
 _READ_CHUNK = 1 << 20  # bytes of journal read at a time when replaying
 _SENDER_CACHE = 4096  # distinct senders whose framed prefix is remembered; cleared when full

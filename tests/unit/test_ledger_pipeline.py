@@ -185,3 +185,33 @@ def test_text_that_cannot_be_encoded_fails_its_caller_and_not_its_group(tmp_path
     assert isinstance(a, Receipt) and isinstance(b, Receipt) and (a.seq, b.seq) == (1, 2)
     assert count(db, "SELECT COUNT(*) FROM transactions") == 2
     assert verify(db).ok
+
+
+def test_a_group_leaves_batch_ms_after_the_one_before_not_when_its_answer_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sending whenever an answer came in made many small groups under load (an fsync and a
+    round of pipe writes each); what comes in during a write waits for the window's end."""
+    from ledger.sinkclient import WriteProcess
+
+    slow = WriteProcess.request
+
+    async def slow_request(self: WriteProcess, *message: object) -> object:
+        if message[0] == "group":
+            await asyncio.sleep(0.1)  # a slow fsync
+        return await slow(self, *message)
+
+    monkeypatch.setattr(WriteProcess, "request", slow_request)
+    sizes: list[int] = []
+
+    async def body(ledger: Ledger) -> None:
+        ledger.on_commit = lambda size, seconds: sizes.append(size)
+        first = ledger.submit_nowait(pay("a"))  # idle: leaves after 0.4 s, answered ~0.1 later
+        await asyncio.sleep(0.44)
+        b = ledger.submit_nowait(pay("b"))  # while "a" is written
+        await asyncio.sleep(0.16)
+        c = ledger.submit_nowait(pay("c"))  # after "a"'s answer, inside the window
+        await asyncio.gather(first, b, c)
+
+    with_ledger(tmp_path / "l.db", body, batch_max=100, batch_ms=400)
+    assert sizes == [1, 2]
