@@ -350,19 +350,6 @@ def wire_rows(
     return tx.kind.value, postings, crow, prow
 
 
-def content_digest(
-    key: str,
-    kind: str,
-    currency: str,
-    reason: str,
-    postings: Sequence[Sequence[Any]],
-    call: Sequence[Any] | None,
-    payment: Sequence[Any] | None,
-) -> bytes:
-    """SHA-256 of the canonical content; raises UnicodeEncodeError for unencodable text."""
-    return hashlib.sha256(canonical(key, kind, currency, reason, postings, call, payment)).digest()
-
-
 def priced_by(kind: str, crow: CallRow | None) -> tuple[RateRow, ...]:
     """Deck rows that priced a leg of a call row (none for other kinds), for `used_rates`."""
     if crow is None or kind != "call":
@@ -383,7 +370,8 @@ def encode(tx: Transaction) -> Encoded:
     Raises TypeError for a field of the wrong type, UnicodeEncodeError for unencodable text.
     """
     kind, postings, crow, prow = wire_rows(tx)
-    digest = content_digest(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
+    body = canonical(tx.key, kind, tx.currency, tx.reason, postings, crow, prow)
+    digest = hashlib.sha256(body).digest()
     return Encoded(tx, kind, postings, crow, prow, digest, digest.hex(), priced_by(kind, crow))
 
 

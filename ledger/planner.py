@@ -20,10 +20,11 @@ is reported `NEW`, as the lost answer would have said.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.codec import CallRow, PaymentRow, RateRow, chain_hash, content_digest, priced_by
+from ledger.codec import CallRow, PaymentRow, RateRow, canonical, chain_hash, priced_by
 
 Wire = tuple[
     str,  # key
@@ -69,7 +70,7 @@ def _digest(wire: Wire) -> bytes | str:
     """The content digest, or why the content cannot be encoded."""
     key, kind, currency, _, reason, postings, crow, prow = wire
     try:
-        return content_digest(key, kind, currency, reason, postings, crow, prow)
+        return hashlib.sha256(canonical(key, kind, currency, reason, postings, crow, prow)).digest()
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         return f"transaction {key!r}: {exc}"
 
