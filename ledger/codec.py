@@ -130,10 +130,11 @@ _OK_SHAPES_MAX = 4096
 
 
 class Encoded(NamedTuple):
-    """A transaction as rows (without `seq`) plus its content digest, computed once.
+    """A transaction as rows (without `seq`) plus its content digest: `encode`'s answer.
 
-    A NamedTuple rather than a dataclass: one is built per submitted transaction on the
-    caller's thread, and a tuple is the cheapest record Python builds.
+    The reference encoding, for the benches and tests. The writer does not build one: the
+    daemon sends `wire_rows` and the write process hashes them (ledger/planner.py), with the
+    same `canonical` text and the same SHA-256.
     """
 
     tx: Transaction

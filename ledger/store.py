@@ -347,7 +347,7 @@ class Ledger:
             path=spath,
             wal_checkpoint_every=wal_checkpoint_every,
             balances=opened.balances,
-            head=(opened.head_seq, bytes.fromhex(opened.head_hash)),
+            head=(opened.head_seq, opened.head_hash),
             used_rates=opened.used_rates,
             checkpoint_seq=opened.ckpt_seq,
             batch_max=batch_max,
@@ -403,8 +403,7 @@ class Ledger:
 
     async def head(self) -> tuple[int, str]:
         """(seq, hash) of the last committed transaction; (0, 64 zeros) for an empty ledger."""
-        seq, digest = self._writer.head
-        return seq, digest.hex()
+        return self._writer.head
 
     async def used_rate_rows(self) -> frozenset[tuple[str, str, int]]:
         """(plan, code, valid_since) of every deck row that priced a call in history."""

@@ -95,7 +95,7 @@ class Writer:
         path: str,
         wal_checkpoint_every: int,
         balances: Balances,
-        head: tuple[int, bytes],
+        head: tuple[int, str],
         used_rates: set[RateRow],
         checkpoint_seq: int,
         batch_max: int,
@@ -108,8 +108,7 @@ class Writer:
         self._path = path
         self._wal_every = wal_checkpoint_every
         self._balances = balances
-        self._seq, self._hash = head
-        self._hash_hex = self._hash.hex()
+        self._seq, self._hash_hex = head
         self.used_rates = used_rates
         self._ckpt_seq = checkpoint_seq
         self._batch_max = batch_max
@@ -137,9 +136,9 @@ class Writer:
         return self._queued
 
     @property
-    def head(self) -> tuple[int, bytes]:
-        """(seq, raw hash) of the last committed transaction."""
-        return self._seq, self._hash
+    def head(self) -> tuple[int, str]:
+        """(seq, hash hex) of the last committed transaction."""
+        return self._seq, self._hash_hex
 
     def _admit(self, count: int) -> None:
         if self._closing:
@@ -394,7 +393,6 @@ class Writer:
                 else:
                     answers.append((item.fut, InvalidTransaction(text)))
         self._seq, self._hash_hex = seq, head_hex
-        self._hash = bytes.fromhex(head_hex)
         self._balances.apply(deltas.items(), seq)
         self.used_rates.update(new_rates)
         for fut, answer in answers:
