@@ -509,13 +509,19 @@ class Tracker:
                     out.append(self._finish(call, first.reject_ts, now_us, ()))
                 else:
                     out.append(self._finish(call, call.last_ts, now_us, ("setup_timeout",), True))
+        # One pass collects the overdue keys, then they are deleted. Deleting as it went,
+        # with `next(iter(linger))` for each key, rescanned the slots of every key deleted
+        # since the dict last compacted: quadratic, 47 ms a second at 60,000 packets/s once
+        # ~160,000 dialogs lingered (bench/e2e.py, 2026-11-24).
         linger = self._linger
         cutoff = now_us - self.linger_us
-        dialogs = self._dialogs
-        while linger:
-            key = next(iter(linger))
-            if linger[key] > cutoff:
+        overdue = []
+        for key, ended in linger.items():
+            if ended > cutoff:
                 break
+            overdue.append(key)
+        dialogs = self._dialogs
+        for key in overdue:
             del linger[key]
             d = dialogs.get(key)
             if d is not None and d.state is _S_ENDED:
