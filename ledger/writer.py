@@ -372,36 +372,30 @@ class Writer:
             log.warning("ledger: writing again%s", more if self._fail_quiet else "")
             self._failing, self._fail_quiet = False, 0
         seq, head_hex, results, new_rates = done
-        answers: list[tuple[asyncio.Future[Receipt], Receipt | Exception]] = []
+        # Answered as it goes: a future's callbacks run only after this method returns, by
+        # when the head, balances and used rates below are already moved.
         deltas: dict[AccountKey, int] = {}
         outcomes = iter(results)
         for unit in units:
             for item in unit:
                 code, at, text = next(outcomes)
-                wire = item.wire
-                key = wire[0]
+                fut, wire = item.fut, item.wire
                 if code == NEW:
                     currency = wire[2]
                     for acc, amount in wire[5]:
                         dkey = (currency, acc)
                         deltas[dkey] = deltas.get(dkey, 0) + amount
-                    answers.append((item.fut, Receipt(at, key, text, False)))
-                elif code == EXISTED:
-                    answers.append((item.fut, Receipt(at, key, text, True)))
+                if fut.done():
+                    continue  # the caller stopped waiting; the outcome stands anyway
+                if code in (NEW, EXISTED):
+                    fut.set_result(Receipt(at, wire[0], text, code == EXISTED))
                 elif code == CONFLICT:
-                    answers.append((item.fut, KeyConflict(key, at)))
+                    fut.set_exception(KeyConflict(wire[0], at))
                 else:
-                    answers.append((item.fut, InvalidTransaction(text)))
+                    fut.set_exception(InvalidTransaction(text))
         self._seq, self._hash_hex = seq, head_hex
         self._balances.apply(deltas.items(), seq)
         self.used_rates.update(new_rates)
-        for fut, answer in answers:
-            if fut.done():
-                continue  # the caller stopped waiting; the transaction is committed anyway
-            if isinstance(answer, Receipt):
-                fut.set_result(answer)
-            else:
-                fut.set_exception(answer)
         hook = self.on_commit
         if hook is not None:
             hook(sum(map(len, units)), seconds)
