@@ -605,8 +605,7 @@ class App:
         self.pipeline.tracker.max_duration_us = new.calls.max_duration_us
         allowed = new.security.allowed_sources
         for sock in self._sockets():
-            sock.allowed = None if allowed is None else tuple(allowed)
-            sock._decisions.clear()  # cached verdicts of the old allow-list
+            sock.sources.set_allowed(allowed)
         self.collector.settings = self.metrics_settings(new)
         self.last_reload = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # The new decks are the next long-lived objects (vmgated.heap): frozen unwalked.

@@ -17,7 +17,6 @@ dependency of SPEC §2 but is not on this path).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from sip.call import Addr
 from vmgated.logpace import LogPace
 from vmgated.metrics import DROP_OVERSIZED, DROP_SOURCE, Counters
 from vmgated.procnet import socket_inode
+from vmgated.sources import MAX_UDP_PAYLOAD, IPNetwork, SourceFilter
 
 __all__ = [
     "DEFAULT_RCVBUF",
@@ -39,13 +39,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Batch = list[tuple[bytes, Addr]]
 
 DEFAULT_RCVBUF = 32 * 1024 * 1024
-MAX_UDP_PAYLOAD = 65507  # largest UDP payload over IPv4
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
-_DECISION_CACHE = 4096  # distinct sources remembered by the allow-list; cleared when full
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -92,14 +89,11 @@ class UdpListener:
         self.on_batch = on_batch
         self.input_name = input_name
         self.counters = counters if counters is not None else Counters()
-        self.allowed = None if allowed is None else tuple(allowed)
+        self.sources = SourceFilter(allowed, max_datagram)
         self.rcvbuf = rcvbuf
-        self.max_datagram = max_datagram
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
         self._sock: socket.socket | None = None
-        self._decisions: dict[str, bool] = {}
-        self._v6 = False
         self._unlogged: dict[str, int] = {}
         self._drop_log = LogPace()
 
@@ -169,7 +163,7 @@ class UdpListener:
                 sock.close()
                 raise
         self._sock = sock
-        self._v6 = family == socket.AF_INET6
+        self.sources.v6 = family == socket.AF_INET6
 
     async def start(self) -> None:
         """Bind the socket (unless `bind` did) and start receiving."""
@@ -215,28 +209,12 @@ class UdpListener:
                         "net.core.rmem_max to avoid kernel drops under bursts",
                         self.input_name, granted, self.rcvbuf)
 
-    def _allowed_source(self, host: str) -> bool:
-        decisions = self._decisions
-        if len(decisions) >= _DECISION_CACHE:
-            decisions.clear()  # bounded under a spoofed-source flood
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            decisions[host] = False
-            return False
-        mapped = getattr(ip, "ipv4_mapped", None)
-        if mapped is not None:
-            ip = mapped
-        verdict = any(ip in net for net in self.allowed or ())
-        decisions[host] = verdict
-        return verdict
-
     def _flush(self) -> None:
         protocol = self._protocol
         if protocol is None:
             return
         batch, protocol.batch = protocol.batch, []
-        if self.allowed is not None or self._v6 or self.max_datagram < MAX_UDP_PAYLOAD:
+        if not self.sources.passes_all:
             batch = self._filter(batch)
             if not batch:
                 return
@@ -247,26 +225,7 @@ class UdpListener:
                           self.input_name, len(batch))
 
     def _filter(self, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
-        decisions = self._decisions
-        allowed = self.allowed
-        limit = self.max_datagram
-        v6 = self._v6
-        kept: list[tuple[bytes, Any]] = []
-        source = oversized = 0
-        for item in batch:
-            data, addr = item
-            if allowed is not None:
-                verdict = decisions.get(addr[0])
-                if verdict is None:
-                    verdict = self._allowed_source(addr[0])
-                if not verdict:
-                    source += 1
-                    continue
-            if len(data) > limit:
-                oversized += 1
-                continue
-            # IPv6 sockets report (host, port, flowinfo, scope_id); the pipeline gets Addr.
-            kept.append((data, (addr[0], addr[1])) if v6 else item)
+        kept, source, oversized = self.sources.filter(batch)
         if source or oversized:
             self._count_drops(source, oversized, batch)
         return kept

@@ -20,18 +20,15 @@ from ledger.model import CallEntry, Transaction
 from ledger.transactions import call_tx
 from rating.model import Leg, Party, RatedCall
 from rating.rater import Rater
-from sip import hep, message
+from sip import message
 from sip.call import Addr, CallRecord
 from sip.dialog import Tracker
 from vmgated.attribution import Attribution, Attributor
 from vmgated.cdr import CdrError, parse_line
 from vmgated.config import Config
+from vmgated.hepparse import INTERNAL_ERROR, Notice, Parsed, Skewed, parse_batch
 from vmgated.logpace import LogPace
 from vmgated.metrics import Counters
-
-SIP_PROTO_TYPE = 1  # HEP chunk 0x0b: 1 = SIP
-SKEW_WARN_US = 60_000_000  # a capture clock this far from ours is worth a warning
-INTERNAL_ERROR = "internal_error"  # vmgated_packets_total result of a datagram that hit a bug
 
 log = logging.getLogger(__name__)
 
@@ -86,57 +83,55 @@ class Pipeline:
         self._skew_log = LogPace()
 
     # -- input -------------------------------------------------------------------------
-    def feed_hep(self, batch: Iterable[tuple[bytes, Addr]], replaying: bool = False) -> None:
+    def feed_hep(self, batch: list[tuple[bytes, Addr]], replaying: bool = False) -> None:
         """Process a batch of HEP datagrams (already filtered by the source allow-list).
 
         `replaying`: the batch comes from the journal at a restart. Its receive time is then
         the restart's, later than the real one by the downtime, which only makes its calls'
         timeouts run late (never early); the clock warning is not given for it.
         """
-        packets = self.counters.packets
-        auth_key = self.runtime.config.security.hep_auth_key
-        decode, parse, feed = hep.decode, message.parse, self.tracker.feed
         # One receive time per batch (it arrived within one loop tick): each call keeps the
         # offset from its capture agent's clock and is expired on that clock (sip.dialog).
         received = None if self.capture_clocked else self.clock_us()
         ours = 0 if received is None or replaying else received  # 0: no clock check
+        parsed, notices = parse_batch(batch, self.runtime.config.security.hep_auth_key, ours)
+        if notices:
+            self.notice(notices)
+        self.feed_parsed(parsed, received)
+
+    def feed_parsed(self, parsed: Iterable[Parsed], received: int | None) -> None:
+        """Feed parsed messages (`vmgated.hepparse`) to the tracker and bill what they end.
+
+        `received`: when they reached us, on `clock_us` (None when that clock is capture
+        time). Each message that hits a bug costs only itself (SPEC §3.3).
+        """
+        feed = self.tracker.feed
         ok = 0  # counted once per batch: a tuple-keyed dict update per packet costs ~0.1 µs
         try:
-            for data, sender in batch:
+            for msg, ts_us, src, dst, capture_id, correlation_id in parsed:
+                ok += 1
                 try:
-                    try:
-                        pkt = decode(data)
-                    except hep.HepError as exc:
-                        self.dropped("hep", exc.reason, exc, sender)
-                        continue
-                    # One unpack instead of eight attribute reads (HepPacket is a NamedTuple).
-                    (_, _, _, src, dst, ts_us, proto_type, capture_id, hep_key, payload,
-                     correlation_id, _) = pkt  # fmt: skip
-                    if auth_key is not None and hep_key != auth_key:
-                        self.dropped("hep", "auth", "HEP auth key missing or wrong", sender)
-                        continue
-                    if proto_type != SIP_PROTO_TYPE:
-                        self.dropped("hep", "not_sip", f"protocol type {proto_type}", sender)
-                        continue
-                    try:
-                        msg = parse(payload)
-                    except message.SipError as exc:
-                        self.dropped("hep", "sip_" + exc.reason, exc, sender)
-                        continue
-                    ok += 1
-                    if ours and not -SKEW_WARN_US < ours - ts_us < SKEW_WARN_US:
-                        self._skewed(ours - ts_us, sender, capture_id)
                     records = feed(msg, ts_us, src, dst, capture_id, correlation_id, received)
                     if records:
                         for record in records:
                             try:
                                 self.bill(Billable("", record))
                             except Exception as exc:
-                                self.failed("hep", exc, sender)  # its other record goes on
+                                self.failed("hep", exc, src)  # its other record goes on
                 except Exception as exc:
-                    self.failed("hep", exc, sender)
+                    self.failed("hep", exc, src)
         finally:
-            packets[("hep", "ok")] += ok
+            self.counters.packets[("hep", "ok")] += ok
+
+    def notice(self, notices: Iterable[Notice]) -> None:
+        """Count and log what `parse_batch` said about the datagrams it did not pass on."""
+        for item in notices:
+            if isinstance(item, Skewed):
+                self._skewed(*item)
+            elif item.reason == INTERNAL_ERROR:
+                self.failed("hep", item.detail, item.sender)
+            else:
+                self.dropped("hep", item.reason, item.detail, item.sender)
 
     def feed_cdr(self, batch: Iterable[tuple[bytes, Addr]]) -> None:
         """Process a batch of CDR datagrams (one JSON object each, or several lines)."""
@@ -192,10 +187,11 @@ class Pipeline:
         log.warning("dropped %s (last: %s from %s:%s); counted in vmgated_packets_total",
                     counts, detail, sender[0], sender[1])
 
-    def failed(self, input_name: str, exc: Exception, sender: Addr | None) -> None:
+    def failed(self, input_name: str, exc: Exception | str, sender: Addr | None) -> None:
         """A datagram (or, with `sender` None, a call closed by `expire`) that hit a bug, not
-        a refusal the parsers know: count it, log the traceback at most every LOG_EVERY
-        seconds, and go on with the rest of the batch.
+        a refusal the parsers know: count it, log the traceback (`exc`, or its text when it
+        was met in the ingest process) at most every LOG_EVERY seconds, and go on with the
+        rest of the batch.
 
         SPEC §3.3: bad input never stops the daemon or costs another call. The journal still
         holds the datagram, so a fixed build bills it at its next restart.
@@ -204,8 +200,12 @@ class Pipeline:
         if self._failure_log.due():
             what = "a call closed by expiry" if sender is None else (
                 f"a {input_name} datagram from {sender[0]}:{sender[1]}")
-            log.error("%s failed in the pipeline (counted as %s; the batch goes on)", what,
-                      INTERNAL_ERROR, exc_info=exc)
+            if isinstance(exc, str):
+                log.error("%s failed in the pipeline (counted as %s; the batch goes on):\n%s",
+                          what, INTERNAL_ERROR, exc.rstrip())
+            else:
+                log.error("%s failed in the pipeline (counted as %s; the batch goes on)", what,
+                          INTERNAL_ERROR, exc_info=exc)
 
     def expire(self, now_us: int | None = None) -> int:
         """Close overdue dialogs (max_duration, session expiry, no final response)."""

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from sip.call import Disposition
 from vmgated.cdr import CdrError, parse_line
-from vmgated.pipeline import INTERNAL_ERROR, Billable
+from vmgated.hepparse import INTERNAL_ERROR
+from vmgated.pipeline import Billable
 
 BASE = {
     "call_id": "abc@gw",

@@ -14,7 +14,7 @@ from sipbuild import UAC, UAS, request, response
 from sip.message import parse
 from vmgated.app import App
 from vmgated.config import load_config
-from vmgated.pipeline import INTERNAL_ERROR
+from vmgated.hepparse import INTERNAL_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
 
