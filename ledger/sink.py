@@ -212,7 +212,7 @@ def lock_file(path: str, wait_s: float = LOCK_WAIT_S) -> int:
             time.sleep(0.01)
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Be killed when the parent dies (Linux); exit now if it is already gone."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -313,7 +313,7 @@ def serve(path: str, parent: int, wal_every: int, rfile: IO[bytes], wfile: IO[by
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m ledger.sink PATH PARENT_PID WAL_CHECKPOINT_EVERY`."""
     path, parent, wal_every = argv if argv is not None else sys.argv[1:]
-    _die_with(int(parent))
+    die_with(int(parent))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(

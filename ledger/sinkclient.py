@@ -54,14 +54,14 @@ def widen_pipe(fd: int) -> None:
 _SELF = "/proc/self/exe"
 # The directory that holds the `ledger` package: the child must import the same code even
 # when the parent found it through a sys.path entry of its own (the benchmarks do).
-_ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class WriteProcessDied(LedgerWriteFailed):
     """The write process is gone (killed, crashed) or its pipe was cut mid-request."""
 
 
-def _interpreter() -> str:
+def interpreter() -> str:
     """The program to run the write process with: this interpreter.
 
     `sys.executable` when this user may run it (so `ps` shows the venv's python), else the
@@ -116,7 +116,7 @@ class WriteProcess:
         holds the write lock), sqlite3.Error (the file cannot be opened).
         """
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -124,7 +124,7 @@ class WriteProcess:
             path,
             str(os.getpid()),
             str(wal_checkpoint_every),
-            executable=_interpreter(),
+            executable=interpreter(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,

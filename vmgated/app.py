@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -30,7 +30,6 @@ from rating.deck import paused_gc
 from rating.pace import pacing
 from sip.call import Addr
 from sip.dialog import Tracker, TrackerState, encode_state
-from sip.hep import stamp_v1
 from vmgated import state, systemd
 from vmgated.config import Config, ConfigError, ListenSpec, keep_restart_only, load_config
 from vmgated.control import ControlError
@@ -41,10 +40,14 @@ from vmgated.heap import (
     release_free_heap,
     tune_collector,
 )
-from vmgated.journal import CDR, HEP, SNAPSHOT_RETRY_S, Journal, Recovered
+from vmgated.hepparse import stamp_batch
+from vmgated.ingestclient import IngestProcess
+from vmgated.journal import CDR, HEP, SNAPSHOT_RETRY_S, Entry, IngestPosition, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
 from vmgated.logpace import LogPace
 from vmgated.metrics import (
+    DROP_OVERSIZED,
+    DROP_SOURCE,
     BalanceSummary,
     Counters,
     Histogram,
@@ -55,6 +58,7 @@ from vmgated.metrics import (
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
+from vmgated.sources import MAX_UDP_PAYLOAD
 from vmgated.statedir import check_owner, explain, lock_state_dir
 
 log = logging.getLogger("vmgated")
@@ -88,6 +92,9 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._state_lock = -1  # fd holding state_dir/vmgated.lock while running
         self._journal_log = LogPace()
+        self._ingest_log = LogPace()
+        self.ingest: IngestProcess | None = None
+        self.ingest_pos = IngestPosition(0, 0)  # of the last ingest frame processed
         self._tick_log = LogPace()  # per tick step
         self._procnet_log = LogPace()
 
@@ -120,8 +127,13 @@ class App:
             log.info("heap: %d long-lived objects (config, rate decks, restored calls) frozen "
                      "out of the cycle collector's walks; collector thresholds %s", frozen,
                      gc.get_threshold())
+            ingested = [item for item in self.listeners
+                        if isinstance(item, UdpListener) and item.input_name == "hep"]
             for listener in self.listeners:
-                await listener.start()
+                if listener not in ingested:
+                    await listener.start()
+            if ingested:
+                await self._start_ingest(ingested)
             await self._serve()
         except BaseException:
             await self._abort_start()
@@ -136,6 +148,11 @@ class App:
         instead of a failed one. What recovery queued is committed by the close;
         the snapshot and journal are left as they are, so the next start recovers the same.
         """
+        if self.ingest is not None:
+            try:
+                await self.ingest.stop()
+            except Exception:
+                log.exception("while undoing a failed start: stopping the ingest process")
         for listener in self.listeners:
             listener.stop()
         for task in self._tasks:
@@ -187,12 +204,14 @@ class App:
         self.pipeline = Pipeline(runtime, tracker, self.counters, self._sink, now_us)
         for item in pending:
             self.pipeline.bill(item)
-        replayed = self._replay(recovered)
+        replayed = self._replay(recovered.entries())
+        # Every ingest journal present is in the state now: the next process writes a new one.
+        self.ingest_pos = IngestPosition(self.journal.next_ingest_gen(), 0)
         if pending or replayed:
             log.info("recovered %d pending calls and %d journalled datagrams",
                      len(pending), replayed)
 
-    def _replay(self, recovered: Recovered) -> int:
+    def _replay(self, entries: Iterable[Entry]) -> int:
         """Feed the journalled datagrams through the pipeline again, in order, in batches."""
         feeds: dict[int, Callable[[list[tuple[bytes, Addr]]], object]] = {
             HEP: partial(self.pipeline.feed_hep, replaying=True),
@@ -202,7 +221,7 @@ class App:
         batch: list[tuple[bytes, Addr]] = []
         kind = HEP
         replayed = 0
-        for entry in recovered.entries():
+        for entry in entries:
             if entry.kind not in feeds:
                 continue  # not a kind this build writes: nothing to feed it to
             if (entry.kind != kind or len(batch) >= _REPLAY_BATCH) and batch:
@@ -351,11 +370,62 @@ class App:
 
     # -- input ---------------------------------------------------------------------------
     def _on_hep(self, batch: list[tuple[bytes, Addr]]) -> None:
-        for i, (data, sender) in enumerate(batch):
-            if data[:1] == b"\x01":  # HEPv1: no capture time of its own (sip.hep.stamp_v1)
-                batch[i] = (stamp_v1(data, now_us()), sender)
+        stamp_batch(batch, now_us())
         self._journal(HEP, batch)
         self.pipeline.feed_hep(batch)
+
+    # -- ingest process --------------------------------------------------------------------
+    def _ingest_settings(self) -> tuple[object, ...]:
+        sec = self.config.security
+        allowed = None if sec.allowed_sources is None else tuple(sec.allowed_sources)
+        return (allowed, sec.hep_auth_key, MAX_UDP_PAYLOAD)
+
+    async def _start_ingest(self, listeners: list[UdpListener]) -> None:
+        """Hand the HEP sockets bound to an address to an ingest process (vmgated.ingest)."""
+        self.ingest = IngestProcess(self.journal.dir, [item.bound_socket for item in listeners],
+                                    self._on_ingest, self._ingest_exited)
+        await self.ingest.start(self.ingest_pos.gen, self._ingest_settings())
+
+    def _on_ingest(self, frame: tuple[Any, ...]) -> None:
+        """One batch from the ingest process: count its drops, feed its messages."""
+        gen, offset, received, parsed, notices, source, oversized, unjournalled, error = frame
+        try:
+            if source or oversized:
+                packets = self.counters.packets
+                packets[("hep", DROP_SOURCE)] += source
+                packets[("hep", DROP_OVERSIZED)] += oversized
+                if self._ingest_log.due("filter"):
+                    log.warning("hep: dropped %d datagrams from sources outside "
+                                "allowed_sources and %d oversized (in this batch); counted in "
+                                "vmgated_packets_total", source, oversized)
+            if unjournalled:
+                self._journal_failed(unjournalled, error)
+            if notices:
+                self.pipeline.notice(notices)
+            self.pipeline.feed_parsed(parsed, received, wire=True)
+        finally:
+            self.ingest_pos = IngestPosition(gen, offset)
+
+    def _ingest_exited(self, status: int) -> None:
+        """The ingest process ended unasked: replay its journal past the last frame we
+        handled (it journals before it sends), then start another on a new generation."""
+        log.error("ingest process exited with status %d; replaying what it journalled past "
+                  "the last batch it handed over, then starting another", status)
+        task = asyncio.get_running_loop().create_task(self._restart_ingest())
+        self._tasks.append(task)
+
+    async def _restart_ingest(self) -> None:
+        ingest = self.ingest
+        assert ingest is not None
+        replayed = self._replay(self.journal.ingest_tail(self.ingest_pos))
+        self.ingest_pos = IngestPosition(self.journal.next_ingest_gen(), 0)
+        log.info("replayed %d datagrams the ingest process had journalled", replayed)
+        # A process that dies at once (a broken install) is not restarted in a tight loop;
+        # meanwhile datagrams wait in the sockets' receive buffers.
+        if asyncio.get_running_loop().time() - ingest.started_at < INGEST_RESTART_S:
+            await asyncio.sleep(INGEST_RESTART_S)
+        if not self.stopping.is_set():
+            await ingest.start(self.ingest_pos.gen, self._ingest_settings())
 
     def _on_cdr(self, batch: list[tuple[bytes, Addr]]) -> None:
         self._journal(CDR, batch)
@@ -372,12 +442,14 @@ class App:
         try:
             self.journal.append(kind, batch)
         except OSError as exc:
-            self.counters.packets[("journal", "write_error")] += len(batch)
-            if self._journal_log.due():
-                log.error("journal write failed (%s): datagrams are billed but not crash-safe "
-                          "until it can write again; counted as "
-                          "vmgated_packets_total{input=\"journal\",result=\"write_error\"}",
-                          exc)
+            self._journal_failed(len(batch), exc)
+
+    def _journal_failed(self, count: int, exc: object) -> None:
+        self.counters.packets[("journal", "write_error")] += count
+        if self._journal_log.due():
+            log.error("journal write failed (%s): datagrams are billed but not crash-safe "
+                      "until it can write again; counted as "
+                      "vmgated_packets_total{input=\"journal\",result=\"write_error\"}", exc)
 
     # -- ledger sink -----------------------------------------------------------------------
     def _sink(self, item: Billable, tx: Transaction) -> None:
@@ -496,17 +568,19 @@ class App:
             self._snapshot(*captured), name="dialog-snapshot"
         )
 
-    def _capture(self) -> tuple[int, TrackerState, list[Billable]]:
-        """Copy the dialog state and start the next journal, with no batch in between."""
+    def _capture(self) -> tuple[int, TrackerState, list[Billable], IngestPosition]:
+        """Copy the dialog state and start the next journal, with no batch in between; with
+        the ingest journal position that state goes to."""
         captured = self.pipeline.tracker.capture()
         pending = list(self.pending.values())
-        return self.journal.begin_checkpoint(), captured, pending
+        return self.journal.begin_checkpoint(), captured, pending, self.ingest_pos
 
-    async def _snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
+    async def _snapshot(self, gen: int, captured: TrackerState, pending: list[Billable],
+                        ingest: IngestPosition) -> None:
         """Encode and write a captured state on a worker thread (vmgated.journal)."""
         failed = True
         try:
-            await asyncio.to_thread(self._write_snapshot, gen, captured, pending)
+            await asyncio.to_thread(self._write_snapshot, gen, captured, pending, ingest)
             failed = False
         except OSError as exc:  # disk full, a read-only or vanished directory: one line
             if self._tick_log.due("snapshot"):
@@ -519,17 +593,19 @@ class App:
         finally:
             self.journal.checkpoint_done(failed)
 
-    def _write_snapshot(self, gen: int, captured: TrackerState, pending: list[Billable]) -> None:
-        self.journal.write_snapshot(gen, state.encode_pieces(encode_state(captured), pending))
+    def _write_snapshot(self, gen: int, captured: TrackerState, pending: list[Billable],
+                        ingest: IngestPosition) -> None:
+        self.journal.write_snapshot(gen, state.encode_pieces(encode_state(captured), pending),
+                                    ingest)
 
     def checkpoint(self) -> None:
         """Write the dialog snapshot (tracker + uncommitted calls) and rotate the journal, now.
 
         On the loop, blocking (for a clean stop); `tick` takes them in the background.
         """
-        gen, captured, pending = self._capture()
+        gen, captured, pending, ingest = self._capture()
         try:
-            self._write_snapshot(gen, captured, pending)
+            self._write_snapshot(gen, captured, pending, ingest)
         finally:
             self.journal.checkpoint_done()
 
@@ -606,6 +682,8 @@ class App:
         allowed = new.security.allowed_sources
         for sock in self._sockets():
             sock.sources.set_allowed(allowed)
+        if self.ingest is not None:
+            self.ingest.settings(*self._ingest_settings())
         self.collector.settings = self.metrics_settings(new)
         self.last_reload = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # The new decks are the next long-lived objects (vmgated.heap): frozen unwalked.
@@ -625,6 +703,8 @@ class App:
         log says in one CRITICAL line and the exit status shows (`serve` returns 1).
         """
         systemd.stopping()
+        if self.ingest is not None:
+            await self.ingest.stop()  # after its last frames are handled
         for listener in self.listeners:
             listener.stop()
         for task in self._tasks:
@@ -702,6 +782,7 @@ def plan_files(config: Config) -> dict[str, str]:
 
 
 _REPLAY_BATCH = 512  # journalled datagrams per pipeline call when replaying
+INGEST_RESTART_S = 1.0  # an ingest process that lived less than this is restarted after it
 
 
 def _split_sender(text: str) -> Addr:

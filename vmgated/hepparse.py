@@ -50,6 +50,9 @@ class Skewed(NamedTuple):
 
 
 Notice = Refused | Skewed
+Wire = tuple[tuple[object, ...], int, Addr, Addr, int | None, str | None]
+"""A `Parsed` as the ingest process sends it: the message as the plain tuple of its fields
+(a NamedTuple would unpickle through its Python-level constructor)."""
 
 
 def parse_batch(

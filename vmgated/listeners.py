@@ -105,6 +105,12 @@ class UdpListener:
         return (name[0], name[1])
 
     @property
+    def bound_socket(self) -> socket.socket:
+        """The bound socket (for the ingest process, which reads it instead of this)."""
+        assert self._sock is not None, "bind() first"
+        return self._sock
+
+    @property
     def inode(self) -> int:
         """The socket's inode, to find its kernel drop count in /proc/self/net/udp{,6}."""
         assert self._sock is not None, "start() first"

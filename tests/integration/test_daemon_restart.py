@@ -93,7 +93,8 @@ def test_kill9_keeps_snapshot_and_journal_dialogs_including_one_answered_just_be
     time.sleep(0.2)
     env.daemon.kill9()
     dialogs = env.dir / "var" / "dialogs"
-    journal = b"".join(p.read_bytes() for p in dialogs.glob("journal.*"))
+    # HEP from the listener goes to the ingest process's journal (vmgated/ingest.py).
+    journal = b"".join(p.read_bytes() for p in dialogs.glob("ingest.*"))
     snapshot = (dialogs / "snapshot").read_bytes()
     assert b"kill-old" in snapshot
     # Normally only the journal has `fresh` (a snapshot lands in the 0.2 s window 1 time in 5).
@@ -309,6 +310,6 @@ def test_state_files_are_not_world_readable_whatever_the_umask(env: Env) -> None
     assert env.daemon.stop() == 0  # leaves a snapshot
     var = env.dir / "var"
     files = [var / "ledger.db", var / "dialogs" / "snapshot",
-             *(var / "dialogs").glob("journal.*")]
+             *(var / "dialogs").glob("journal.*"), *(var / "dialogs").glob("ingest.*")]
     modes = {p.name: p.stat().st_mode & 0o777 for p in [var, var / "dialogs", *files]}
     assert all(mode & 0o007 == 0 for mode in modes.values()), modes

@@ -200,3 +200,83 @@ def test_replay_reads_records_across_chunk_boundaries_and_skips_a_torn_tail(
     path.write_bytes(path.read_bytes() + encode_entries(CDR, [(b"torn", ("x", 1))])[:-2])
     rec = Journal(tmp_path).recover()
     assert [(e.kind, e.payload) for e in rec.entries()] == [(HEP, p) for p in payloads]
+
+
+# -- the ingest process's journals (vmgated/ingest.py) ----------------------------------------
+PROXY = ("127.0.0.1", 9060)
+
+
+def _payloads(entries: Iterator[journal.Entry]) -> list[bytes]:
+    return [e.payload for e in entries]
+
+
+def test_ingest_position_is_where_the_next_batch_starts(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    w = journal.IngestJournal(j.dir, j.next_ingest_gen())
+    assert w.position == (1, 0)
+    w.append(HEP, [(b"a", PROXY), (b"b", PROXY)])
+    after_first = w.position
+    assert after_first == (1, (j.dir / "ingest.1").stat().st_size)
+    w.append(HEP, [(b"c", PROXY)])
+    assert _payloads(j.ingest_tail(after_first)) == [b"c"]
+    assert _payloads(j.ingest_tail(journal.IngestPosition(1, 0))) == [b"a", b"b", b"c"]
+    assert _payloads(j.ingest_tail(w.position)) == []
+
+
+def test_ingest_journal_moves_to_a_new_file_past_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "INGEST_ROTATE_BYTES", 20)
+    j = Journal(tmp_path)
+    j.recover()
+    w = journal.IngestJournal(j.dir, 4)
+    w.append(HEP, [(b"x" * 30, PROXY)])  # past the size: the next batch starts ingest.5
+    mid = w.position
+    w.append(HEP, [(b"y", PROXY)])
+    assert mid.gen == 4 and w.position.gen == 5
+    assert sorted(p.name for p in j.dir.glob("ingest.*")) == ["ingest.4", "ingest.5"]
+    assert _payloads(j.ingest_tail(mid)) == [b"y"]  # the rest of ingest.4 is empty
+    assert j.next_ingest_gen() == 6  # never a file that exists (it may end torn)
+
+
+def test_snapshot_keeps_the_ingest_position_and_replay_starts_there(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    w = journal.IngestJournal(j.dir, 2)
+    w.append(HEP, [(b"before", PROXY)])
+    pos = w.position
+    (j.dir / "ingest.1").write_bytes(b"covered by the snapshot")
+    gen = j.begin_checkpoint()
+    j.write_snapshot(gen, [b"state"], pos)
+    j.checkpoint_done()
+    assert not (j.dir / "ingest.1").exists()  # older than the position: dropped
+    w.append(HEP, [(b"after", PROXY)])
+    w2 = journal.IngestJournal(j.dir, 3)  # a restarted ingest process
+    w2.append(HEP, [(b"later", PROXY)])
+    # kill -9: the next start reads the position and replays from it
+    rec = Journal(tmp_path).recover()
+    assert rec.snapshot == b"state" and rec.ingest == pos
+    assert _payloads(rec.entries()) == [b"after", b"later"]
+
+
+def test_a_snapshot_written_before_ingest_positions_is_read_from_the_start(
+    tmp_path: Path,
+) -> None:
+    d = tmp_path / "dialogs"
+    d.mkdir()
+    (d / "snapshot").write_bytes(b"VMGS" + (3).to_bytes(4, "big") + b"old state")
+    rec = Journal(tmp_path).recover()
+    assert rec.snapshot == b"old state" and rec.ingest == (0, 0) and rec.damaged is None
+
+
+def test_a_torn_ingest_record_ends_only_its_own_file(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.recover()
+    w = journal.IngestJournal(j.dir, 1)
+    w.append(HEP, [(b"whole", PROXY)])
+    with open(j.dir / "ingest.1", "ab") as f:  # killed mid-write
+        f.write(encode_entries(HEP, [(b"torn", PROXY)])[:-2])
+    w2 = journal.IngestJournal(j.dir, j.next_ingest_gen())
+    w2.append(HEP, [(b"next", PROXY)])
+    assert _payloads(Journal(tmp_path).recover().entries()) == [b"whole", b"next"]
