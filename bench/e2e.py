@@ -296,6 +296,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pid(parent: int, module: str) -> int | None:
+    """The daemon's child process running `python -m <module>`, if any."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[1]) != parent:
+                continue
+            cmd = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if module.encode() in cmd:
+            return int(stat.parent.name)
+    return None
+
+
+def children_cpu(parent: int) -> dict[str, float]:
+    """CPU seconds of the daemon's ingest and ledger write processes (0 when absent)."""
+    out = {}
+    for name, module in (("ingest", "vmgated.ingest"), ("writer", "ledger.sink")):
+        pid = child_pid(parent, module)
+        try:
+            out[name] = cpu_seconds(pid) if pid is not None else 0.0
+        except OSError:  # it ended in between
+            out[name] = 0.0
+    return out
+
+
 def gc_seconds(text: str) -> tuple[float, int]:
     """(seconds in cycle collections, full collections) so far; zeros if not exported."""
     seconds = sum(float(metric_value(text, "vmgated_gc_pause_seconds_total", generation=str(g))
@@ -370,6 +397,7 @@ def main() -> None:
                 text = scrape(metrics_port)
                 before, gc_before = counters(text), gc_seconds(text)
                 cpu_before = cpu_seconds(daemon.proc.pid)
+                kids_before = children_cpu(daemon.proc.pid)
                 reload: dict[str, Any] = {}
                 if args.reload_at:
                     def do_reload(out: dict[str, Any] = reload) -> None:
@@ -403,6 +431,8 @@ def main() -> None:
                 # The daemon's CPU over the run and its drain (idle until the sender has built
                 # its stream), against the sender's own CPU while it sent.
                 cpu = cpu_seconds(daemon.proc.pid) - cpu_before
+                kids = {k: v - kids_before.get(k, 0.0)
+                        for k, v in children_cpu(daemon.proc.pid).items()}
                 gc_max = float(metric_value(text, "vmgated_gc_pause_max_seconds") or 0)
                 lat = [poller.seen[c] - t for c, t in res["bye_times"].items()
                        if c in poller.seen]
@@ -414,6 +444,8 @@ def main() -> None:
                     "gc": gc_after[0] - gc_before[0], "gc_full": gc_after[1] - gc_before[1],
                     "gc_max": gc_max, "cpu_us": cpu / res["packets"] * 1e6,
                     "cores": cpu / res["elapsed"], "sender_cores": res["cpu"] / res["elapsed"],
+                    "ingest_cores": kids["ingest"] / res["elapsed"],
+                    "writer_cores": kids["writer"] / res["elapsed"],
                     "p50": pct(lat, 0.5) * 1000 if lat else float("nan"),
                     "p99": pct(lat, 0.99) * 1000 if lat else float("nan"),
                 })
@@ -423,9 +455,11 @@ def main() -> None:
                       f" BYE→commit p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms, in GC "
                       f"{r['gc']:.2f} s ({r['gc_full']} full; longest pause so far "
                       f"{r['gc_max'] * 1000:.0f} ms); daemon CPU {r['cpu_us']:.1f} µs/packet "
-                      f"({r['cores']:.2f} cores over the send), sender {r['sender_cores']:.2f} "
-                      "cores" + (f"; reload: {reload.get('said')} in {reload['seconds']:.2f} s"
-                                 if reload else ""),
+                      f"({r['cores']:.2f} cores over the send), ingest process "
+                      f"{r['ingest_cores']:.2f} cores, write process {r['writer_cores']:.2f} "
+                      f"cores, sender {r['sender_cores']:.2f} cores"
+                      + (f"; reload: {reload.get('said')} in {reload['seconds']:.2f} s"
+                         if reload else ""),
                       flush=True)
         finally:
             poller.stop_flag.set()
