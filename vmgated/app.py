@@ -424,8 +424,14 @@ class App:
         # meanwhile datagrams wait in the sockets' receive buffers.
         if asyncio.get_running_loop().time() - ingest.started_at < INGEST_RESTART_S:
             await asyncio.sleep(INGEST_RESTART_S)
-        if not self.stopping.is_set():
-            await ingest.start(self.ingest_pos.gen, self._ingest_settings())
+        while not self.stopping.is_set():
+            try:
+                await ingest.start(self.ingest_pos.gen, self._ingest_settings())
+                return
+            except Exception:  # fork refused (memory, process limit): try again, said each time
+                log.exception("ingest process not started; next try in %.0f s",
+                              INGEST_RESTART_S)
+                await asyncio.sleep(INGEST_RESTART_S)
 
     def _on_cdr(self, batch: list[tuple[bytes, Addr]]) -> None:
         self._journal(CDR, batch)
