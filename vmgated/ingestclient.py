@@ -94,7 +94,10 @@ class IngestProcess:
         return None if self._proc is None else self._proc.pid
 
     async def start(self, gen: int, settings: tuple[Any, ...]) -> None:
-        """Spawn a process writing journal generation `gen`, reading the sockets."""
+        """Spawn a process writing journal generation `gen`, reading the sockets (not once
+        `stop` was called: a restart that races a stop must not leave one behind)."""
+        if self.stopping:
+            return
         loop = asyncio.get_running_loop()
         fds = [s.fileno() for s in self.socks]
         env = dict(os.environ)

@@ -26,10 +26,21 @@ budget, and the loop is what limits the end-to-end rate (bench/README.md). The p
 longer replay after `kill -9`: snapshots 2.5× further apart (a few seconds of traffic at
 that rate, replayed at restart before the listeners read).
 
-Files in `<state_dir>/dialogs/`: `snapshot` (`VMGS`, u32 generation, payload) and
-`journal.<generation>` (records: u8 kind, u16 sender length, sender, u32 length, payload; or,
-for a batch from one sender, u8 kind | 0x80, u16 sender length, sender, u32 count, count × u32
-length, the payloads. Journals written before 2026-11-24 hold the first kind only.)
+The ingest process (vmgated/ingest.py) reads the HEP listeners bound to an address and
+journals them itself, ahead of the loop, in files of its own (`IngestJournal`). Its journal
+is not rotated at a snapshot: each batch it hands over says where it ends in that journal,
+and the snapshot stores the position of the last batch the loop processed
+(`IngestPosition`); recovery replays the ingest journals from there, and a snapshot removes
+the ingest files before its position's.
+
+Files in `<state_dir>/dialogs/`: `snapshot` (`VMGT`, u32 generation, u32 ingest generation,
+u64 ingest offset, payload; `VMGS`, u32 generation, payload before 2026-11-24),
+`journal.<generation>` (the daemon's own: CDR listeners, HEP listeners on an interface) and
+`ingest.<generation>` (the ingest process's; a new process starts a new generation, and a
+file past INGEST_ROTATE_BYTES is followed by the next). Records: u8 kind, u16 sender length,
+sender, u32 length, payload; or, for a batch from one sender, u8 kind | 0x80, u16 sender
+length, sender, u32 count, count × u32 length, the payloads. (Journals written before
+2026-11-24 hold the first kind only.)
 """
 
 from __future__ import annotations
