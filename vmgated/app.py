@@ -41,6 +41,7 @@ from vmgated.heap import (
     tune_collector,
 )
 from vmgated.hepparse import stamp_batch
+from vmgated.ingest import Frame
 from vmgated.ingestclient import IngestProcess
 from vmgated.journal import CDR, HEP, SNAPSHOT_RETRY_S, Entry, IngestPosition, Journal, Recovered
 from vmgated.listeners import InterfaceListeners, UdpListener
@@ -386,9 +387,10 @@ class App:
                                     self._on_ingest, self._ingest_exited)
         await self.ingest.start(self.ingest_pos.gen, self._ingest_settings())
 
-    def _on_ingest(self, frame: tuple[Any, ...]) -> None:
+    def _on_ingest(self, frame: Frame) -> None:
         """One batch from the ingest process: count its drops, feed its messages."""
-        gen, offset, received, parsed, notices, source, oversized, unjournalled, error = frame
+        (gen, offset, received, parsed, notices, source, oversized, unjournalled,
+         error) = frame  # fmt: skip
         try:
             if source or oversized:
                 packets = self.counters.packets

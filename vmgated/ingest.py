@@ -21,10 +21,10 @@ end in a torn record).
 Frames (`ledger.sinkclient.dump_frame`: u64 length, memo-less pickle of a tuple). On stdin,
 from the daemon: `("settings", allowed_sources, hep_auth_key, max_datagram)` first, and again
 on each reload; end of input is "stop" (every batch read is already sent). On stdout, one per
-batch: `Frame` as a plain tuple, each parsed message as `(SipMessage fields as a tuple,
-ts_us, src, dst, capture_id, correlation_id)` (a NamedTuple would unpickle through its
-Python-level constructor). Dies with its parent (PR_SET_PDEATHSIG); ignores SIGINT and
-SIGTERM (the daemon stops it in order).
+batch: a `Frame`, each parsed message in it as `(SipMessage fields as a plain tuple, ts_us,
+src, dst, capture_id, correlation_id)` (a NamedTuple unpickles through its Python-level
+constructor: once per frame is nothing, once per message was not). Dies with its parent
+(PR_SET_PDEATHSIG); ignores SIGINT and SIGTERM (the daemon stops it in order).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ RECV_BYTES = 65536  # one more than any UDP payload: an oversized datagram is se
 
 
 class Frame(NamedTuple):
-    """One batch as the daemon receives it (sent as a plain tuple)."""
+    """One batch as the daemon receives it."""
 
     gen: int  # the ingest journal generation and offset just past this batch
     offset: int
@@ -127,11 +127,11 @@ class Ingest:
             # cannot be made crash-safe would lose for certain what a crash only might.
             unjournalled, error = len(batch), str(exc)
         parsed, notices = parse_batch(batch, self.auth_key, received)
-        wire = [(tuple(p.msg), p.ts_us, p.src, p.dst, p.capture_id, p.correlation_id)
+        wire: list[Wire] = [(tuple(p.msg), p.ts_us, p.src, p.dst, p.capture_id, p.correlation_id)
                 for p in parsed]  # fmt: skip
         gen, offset = self.journal.position
-        write_all(self.out_fd, dump_frame((gen, offset, received, wire, notices, source,
-                                           oversized, unjournalled, error)))
+        write_all(self.out_fd, dump_frame(Frame(gen, offset, received, wire, notices, source,
+                                                oversized, unjournalled, error)))
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -211,4 +211,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Through the module, not this `__main__` copy of it: the frames pickle `Frame` by its
+    # module's name, which the daemon must find as `vmgated.ingest`.
+    from vmgated.ingest import main as _main
+
+    _main()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.sinkclient import FRAME, ROOT, dump_frame, interpreter
-from vmgated.ingest import write_all
+from vmgated.ingest import Frame, write_all
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,16 @@ STOP_WAIT_S = 5.0  # for the process to send its last frames and exit at a stop
 class _Reader(asyncio.Protocol):
     """Cuts the process's stdout into frames and hands each to `on_frame`."""
 
-    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, on_frame: Callable[[Frame], None], on_broken: Callable[[], None]) -> None:
         self.on_frame = on_frame
+        self.on_broken = on_broken
+        self.broken = False
         self.buf = bytearray()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
+        if self.broken:
+            return
         buf = self.buf
         if buf:
             buf += data
@@ -50,7 +54,16 @@ class _Reader(asyncio.Protocol):
                 stop = pos + FRAME.size + size
                 if stop > end:
                     break
-                frame = pickle.loads(view[pos + FRAME.size : stop])
+                try:
+                    frame = pickle.loads(view[pos + FRAME.size : stop])
+                except Exception:
+                    # A bug, not input: nothing after it can be trusted to line up. The
+                    # process is killed; its journal from the last frame handled is replayed.
+                    log.exception("ingest frame of %d bytes unreadable; ending the ingest "
+                                  "process", size)
+                    self.broken = True
+                    self.on_broken()
+                    return
                 pos = stop
                 try:
                     self.on_frame(frame)
@@ -74,7 +87,7 @@ class IngestProcess:
         self,
         directory: Path,
         socks: list[socket.socket],
-        on_frame: Callable[[tuple[Any, ...]], None],
+        on_frame: Callable[[Frame], None],
         on_exit: Callable[[int], None],
     ) -> None:
         self.directory = directory
@@ -112,7 +125,7 @@ class IngestProcess:
         self._proc = proc
         self.started_at = loop.time()
         self.settings(*settings)
-        reader = _Reader(self.on_frame)
+        reader = _Reader(self.on_frame, proc.kill)
         self._transport, _ = await loop.connect_read_pipe(lambda: reader, proc.stdout)
         self._reader = reader
         self._watch = loop.create_task(self._watch_exit(proc, reader))
