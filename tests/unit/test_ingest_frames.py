@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given
@@ -35,7 +36,7 @@ def read(chunks: list[bytes]) -> tuple[list[Any], int]:
 def test_frames_cut_at_any_byte_arrive_whole_and_in_order(cuts: list[int], count: int) -> None:
     stream = b"".join(dump_frame(frame(n)) for n in range(count))
     edges = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
-    chunks = [stream[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    chunks = [stream[a:b] for a, b in pairwise(edges)]
     got, broken = read(chunks)
     assert [g.offset for g in got] == list(range(count)) and broken == 0
     assert isinstance(got[0], Frame)
