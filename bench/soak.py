@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -38,7 +39,7 @@ from tests.e2e.stack import SipStack  # noqa: E402
 NUMBER = "442071234567"
 CAPTURE_ID = 2001
 FIELDS = ("t_s", "rss_mb", "rss_anon_mb", "rss_file_mb", "rss_shmem_mb", "cpu_pct",
-          "queue_depth", "udp_drops", "non_ok_packets",
+          "ingest_rss_mb", "ingest_cpu_pct", "queue_depth", "udp_drops", "non_ok_packets",
           "calls_in_ledger", "calls_per_s", "sipp_successful", "sipp_failed", "load1")
 
 
@@ -101,6 +102,27 @@ def ledger_count(db: Path) -> int:
         conn.close()
 
 
+class Child:
+    """The daemon's ingest process (vmgated/ingest.py), found again if it was replaced."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.proc: Any = None
+
+    def sample(self) -> dict[str, float]:
+        """Its RSS (MB) and CPU % since the last sample; empty when there is none."""
+        try:
+            if self.proc is None or not self.proc.is_running():
+                self.proc = next(c for c in self.daemon.children()
+                                 if "vmgated.ingest" in c.cmdline())
+                self.proc.cpu_percent()
+            return {"ingest_rss_mb": round(self.proc.memory_info().rss / 2**20, 1),
+                    "ingest_cpu_pct": self.proc.cpu_percent()}
+        except (StopIteration, psutil.Error):
+            self.proc = None
+            return {}
+
+
 def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
     """Four panels over time: RSS, ledger queue depth, drops, calls/s."""
     import matplotlib
@@ -118,7 +140,8 @@ def plot(rows: list[dict[str, float]], out: Path, title: str) -> None:
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     panels = [
         ("vmgated RSS (MB)", [("rss_mb", "RSS"), ("rss_anon_mb", "anon (heap)"),
-                              ("rss_file_mb", "file"), ("rss_shmem_mb", "shmem")]),
+                              ("rss_file_mb", "file"), ("rss_shmem_mb", "shmem"),
+                              ("ingest_rss_mb", "ingest process RSS")]),
         ("ledger queue depth", [("queue_depth", "vmgated_ledger_queue_depth")]),
         ("drops (cumulative)", [("udp_drops", "kernel (udp_receive_errors)"),
                                 ("non_ok_packets", "packets_total non-ok")]),
@@ -182,6 +205,8 @@ def main() -> None:
         assert daemon.proc is not None
         proc = psutil.Process(daemon.proc.pid)
         proc.cpu_percent()
+        child = Child(proc)
+        child.sample()
         db = d / "var" / "ledger.db"
         try:
             stack = SipStack(d / "sip", hep_to=("127.0.0.1", hep_port), capture_id=CAPTURE_ID)
@@ -218,10 +243,11 @@ def main() -> None:
                             "sipp_successful": ok, "sipp_failed": failed,
                             "load1": os.getloadavg()[0],
                             **rss_parts(proc.pid),
+                            **child.sample(),
                         }
                         prev_calls, prev_t = n, now
                         rows.append(row)
-                        print(" ".join(f"{k}={row[k]}" for k in FIELDS), flush=True)
+                        print(" ".join(f"{k}={row.get(k)}" for k in FIELDS), flush=True)
                         if now >= end_at or not uac.process.running():
                             break
                     result = uac.wait(timeout=60 + args.duration_ms / 1000)
@@ -272,6 +298,11 @@ def main() -> None:
     print(f"RSS after warm-up ({warm[0]['t_s'] if warm else 0:.0f} s): first {rss[0]:.1f} MB, "
           f"min {min(rss):.1f}, max {max(rss):.1f}, last sample {rss[-1]:.1f}, after drain "
           f"{rss_end:.1f} MB (growth first→last {rss[-1] - rss[0]:+.1f} MB)")
+    irss = [r["ingest_rss_mb"] for r in warm if "ingest_rss_mb" in r] or [0.0]
+    icpu = [r["ingest_cpu_pct"] for r in rows if "ingest_cpu_pct" in r] or [0.0]
+    print(f"ingest process RSS after warm-up: first {irss[0]:.1f} MB, min {min(irss):.1f}, "
+          f"max {max(irss):.1f}, last {irss[-1]:.1f}; CPU mean {sum(icpu) / len(icpu):.0f}% "
+          "of one core")
     print(f"vmgated CPU mean {sum(r['cpu_pct'] for r in rows) / len(rows):.0f}% of one core; "
           f"load average 1 min: min {min(loads):.2f} mean {sum(loads) / len(loads):.2f} "
           f"max {max(loads):.2f} (2 cores)")
