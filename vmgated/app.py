@@ -44,11 +44,9 @@ from vmgated.hepparse import stamp_batch
 from vmgated.ingest import Frame
 from vmgated.ingestclient import IngestProcess
 from vmgated.journal import CDR, HEP, SNAPSHOT_RETRY_S, Entry, IngestPosition, Journal, Recovered
-from vmgated.listeners import InterfaceListeners, UdpListener
+from vmgated.listeners import InterfaceListeners, SourceDrops, UdpListener, format_addr
 from vmgated.logpace import LogPace
 from vmgated.metrics import (
-    DROP_OVERSIZED,
-    DROP_SOURCE,
     BalanceSummary,
     Counters,
     Histogram,
@@ -93,7 +91,8 @@ class App:
         self._reload_lock = asyncio.Lock()
         self._state_lock = -1  # fd holding state_dir/vmgated.lock while running
         self._journal_log = LogPace()
-        self._ingest_log = LogPace()
+        self.ingest_drops = SourceDrops(self.counters, "hep")
+        self._ingest_where = ""  # the ingest process's sockets, for its drops' log lines
         self.ingest: IngestProcess | None = None
         self.ingest_pos = IngestPosition(0, 0)  # of the last ingest frame processed
         self._tick_log = LogPace()  # per tick step
@@ -383,23 +382,18 @@ class App:
 
     async def _start_ingest(self, listeners: list[UdpListener]) -> None:
         """Hand the HEP sockets bound to an address to an ingest process (vmgated.ingest)."""
+        self._ingest_where = ", ".join(format_addr(item.sockname) for item in listeners)
         self.ingest = IngestProcess(self.journal.dir, [item.bound_socket for item in listeners],
                                     self._on_ingest, self._ingest_exited)
         await self.ingest.start(self.ingest_pos.gen, self._ingest_settings())
 
     def _on_ingest(self, frame: Frame) -> None:
         """One batch from the ingest process: count its drops, feed its messages."""
-        (gen, offset, received, parsed, notices, source, oversized, unjournalled,
+        (gen, offset, received, parsed, notices, source, oversized, dropped_from, unjournalled,
          error) = frame  # fmt: skip
         try:
             if source or oversized:
-                packets = self.counters.packets
-                packets[("hep", DROP_SOURCE)] += source
-                packets[("hep", DROP_OVERSIZED)] += oversized
-                if self._ingest_log.due("filter"):
-                    log.warning("hep: dropped %d datagrams from sources outside "
-                                "allowed_sources and %d oversized (in this batch); counted in "
-                                "vmgated_packets_total", source, oversized)
+                self.ingest_drops.count(source, oversized, dropped_from, self._ingest_where)
             if unjournalled:
                 self._journal_failed(unjournalled, error)
             if notices:

@@ -63,6 +63,7 @@ class Frame(NamedTuple):
     notices: list[Notice]
     source: int  # datagrams dropped by the allow-list
     oversized: int
+    dropped_from: str | None  # the host of one of those, for the log line
     unjournalled: int  # datagrams passed on although the journal could not write them
     journal_error: str | None
 
@@ -116,8 +117,9 @@ class Ingest:
         """Filter, stamp, journal, parse and send one batch."""
         received = time.time_ns() // 1000
         source = oversized = 0
+        dropped_from = None
         if not filt.passes_all:
-            batch, source, oversized = filt.filter(batch)
+            batch, source, oversized, dropped_from = filt.filter(batch)
         stamp_batch(batch, received)
         unjournalled, error = 0, None
         try:
@@ -131,7 +133,7 @@ class Ingest:
                 for p in parsed]  # fmt: skip
         gen, offset = self.journal.position
         write_all(self.out_fd, dump_frame(Frame(gen, offset, received, wire, notices, source,
-                                                oversized, unjournalled, error)))
+                                                oversized, dropped_from, unjournalled, error)))
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ledger.sinkclient import FRAME, ROOT, dump_frame, interpreter
 from vmgated.ingest import Frame, write_all
+from vmgated.listeners import format_addr
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class IngestProcess:
         self._reader = reader
         self._watch = loop.create_task(self._watch_exit(proc, reader))
         log.info("ingest process %d reads %s (journal ingest.%d)", proc.pid,
-                 ", ".join(_name(s) for s in self.socks), gen)
+                 ", ".join(format_addr(s.getsockname()[:2]) for s in self.socks), gen)
 
     def settings(self, *values: Any) -> None:
         """Send the allow-list, auth key and size limit (at start and on each reload)."""
@@ -173,7 +174,3 @@ class IngestProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
 
-
-def _name(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

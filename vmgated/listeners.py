@@ -94,8 +94,7 @@ class UdpListener:
         self._transport: asyncio.DatagramTransport | None = None
         self._protocol: _Protocol | None = None
         self._sock: socket.socket | None = None
-        self._unlogged: dict[str, int] = {}
-        self._drop_log = LogPace()
+        self.drops = SourceDrops(self.counters, input_name)
 
     @property
     def sockname(self) -> Addr:
@@ -123,7 +122,7 @@ class UdpListener:
 
     def describe(self) -> str:
         """`hep udp 127.0.0.1:9060` for status output."""
-        where = _fmt(self.sockname) if self._sock is not None else f"{self.host}:{self.port}"
+        where = format_addr(self.sockname) if self._sock is not None else f"{self.host}:{self.port}"
         return f"{self.input_name} udp {where}"
 
     @property
@@ -188,7 +187,7 @@ class UdpListener:
             raise
         self._protocol, self._transport = protocol, transport
         log.info("listening for %s on udp %s (rcvbuf %d)", self.input_name,
-                 _fmt(self.sockname), self.effective_rcvbuf)
+                 format_addr(self.sockname), self.effective_rcvbuf)
 
     def stop(self) -> None:
         """Close the socket; datagrams already read this tick are still delivered."""
@@ -231,29 +230,42 @@ class UdpListener:
                           self.input_name, len(batch))
 
     def _filter(self, batch: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
-        kept, source, oversized = self.sources.filter(batch)
+        kept, source, oversized, dropped_from = self.sources.filter(batch)
         if source or oversized:
-            self._count_drops(source, oversized, batch)
+            self.drops.count(source, oversized, dropped_from, format_addr(self.sockname))
         return kept
 
-    def _count_drops(self, source: int, oversized: int, batch: list[tuple[bytes, Any]]) -> None:
+
+class SourceDrops:
+    """Counts what a `SourceFilter` dropped in `Counters.packets` under one input name, and
+    logs it: the first drop of each reason at once, later ones summed into at most one line
+    per reason every LOG_EVERY seconds (for the daemon's listeners and for what the ingest
+    process's filters report)."""
+
+    def __init__(self, counters: Counters, input_name: str) -> None:
+        self.counters = counters
+        self.input_name = input_name
+        self._unlogged: dict[str, int] = {}
+        self._log = LogPace()
+
+    def count(self, source: int, oversized: int, dropped_from: str | None, where: str) -> None:
+        """Add one batch's drops; `where` names the socket(s) in the log line."""
         packets = self.counters.packets
         unlogged = self._unlogged
-        if source:
-            packets[(self.input_name, DROP_SOURCE)] += source
-            unlogged[DROP_SOURCE] = unlogged.get(DROP_SOURCE, 0) + source
-        if oversized:
-            packets[(self.input_name, DROP_OVERSIZED)] += oversized
-            unlogged[DROP_OVERSIZED] = unlogged.get(DROP_OVERSIZED, 0) + oversized
-        if self._drop_log.due():
-            detail = ", ".join(f"{n} {reason}" for reason, n in sorted(unlogged.items()))
-            log.warning("udp %s %s: dropped %s (e.g. from %s); counted in "
-                        "vmgated_packets_total", self.input_name, _fmt(self.sockname), detail,
-                        batch[-1][1][0])
-            unlogged.clear()
+        for reason, n in ((DROP_SOURCE, source), (DROP_OVERSIZED, oversized)):
+            if not n:
+                continue
+            packets[(self.input_name, reason)] += n
+            total = unlogged[reason] = unlogged.get(reason, 0) + n
+            if self._log.due(reason):
+                log.warning("udp %s %s: dropped %d %s (e.g. from %s); counted in "
+                            "vmgated_packets_total", self.input_name, where, total, reason,
+                            dropped_from)
+                unlogged[reason] = 0
 
 
-def _fmt(addr: Addr) -> str:
+def format_addr(addr: Addr) -> str:
+    """`127.0.0.1:9060`, `[::1]:9060`."""
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -22,6 +22,7 @@ class Filtered(NamedTuple):
     kept: list[tuple[bytes, Any]]
     source: int  # from outside the allow-list
     oversized: int  # longer than the size limit
+    dropped_from: str | None  # the host of one dropped datagram, for the log line
 
 
 class SourceFilter:
@@ -81,6 +82,7 @@ class SourceFilter:
         v6 = self.v6
         kept: list[tuple[bytes, Any]] = []
         source = oversized = 0
+        dropped_from = None
         for item in batch:
             data, addr = item
             if allowed is not None:
@@ -89,9 +91,11 @@ class SourceFilter:
                     verdict = self.allowed_source(addr[0])
                 if not verdict:
                     source += 1
+                    dropped_from = addr[0]
                     continue
             if len(data) > limit:
                 oversized += 1
+                dropped_from = addr[0]
                 continue
             kept.append((data, (addr[0], addr[1])) if v6 else item)
-        return Filtered(kept, source, oversized)
+        return Filtered(kept, source, oversized, dropped_from)

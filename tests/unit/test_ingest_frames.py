@@ -16,7 +16,7 @@ from vmgated.ingestclient import _Reader
 
 def frame(n: int) -> Frame:
     return Frame(1, n, 0, [((f"m{n}",), n, ("10.0.0.1", 5060), ("10.0.0.2", 5060), None, None)],
-                 [], 0, 0, 0, None)
+                 [], 0, 0, None, 0, None)
 
 
 def read(chunks: list[bytes]) -> tuple[list[Any], int]:
