@@ -415,6 +415,8 @@ class App:
         assert ingest is not None
         replayed = self._replay(self.journal.ingest_tail(self.ingest_pos))
         self.ingest_pos = IngestPosition(self.journal.next_ingest_gen(), 0)
+        self.counters.count_packets("ingest", "restart")
+        self.counters.count_packets("ingest", "replayed", replayed)
         log.info("replayed %d datagrams the ingest process had journalled", replayed)
         # A process that dies at once (a broken install) is not restarted in a tight loop;
         # meanwhile datagrams wait in the sockets' receive buffers.

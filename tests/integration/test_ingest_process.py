@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sipcalls import Call, Env, call_datagrams, make_env, send, wait_for
+from sipcalls import Call, Env, call_datagrams, harness, make_env, send, wait_for
+
+packet_counts = harness.packet_counts
 
 
 @pytest.fixture
@@ -67,6 +69,8 @@ def test_killed_while_holding_journalled_batches_the_daemon_replays_them_once(en
     replayed = [line for line in logs.splitlines() if "datagrams the ingest process had" in line]
     assert replayed and int(replayed[0].split("replayed ")[1].split()[0]) > 0, replayed
     assert env.ctl("ledger", "verify").returncode == 0
+    counts = packet_counts(env.scrape())
+    assert counts[("ingest", "restart")] == 1 and counts[("ingest", "replayed")] > 0, counts
     # Restarted on a new journal file (the dead one may end in a torn record); the old one is
     # removed by the first snapshot after the replay.
     assert "(journal ingest.2)" in logs
