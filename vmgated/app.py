@@ -57,7 +57,6 @@ from vmgated.metrics import (
 from vmgated.pipeline import Billable, Pipeline, Runtime
 from vmgated.planlock import lock_problems
 from vmgated.procnet import PROC_FILES, UdpDropCounter, udp_queued
-from vmgated.sources import MAX_UDP_PAYLOAD
 from vmgated.statedir import check_owner, explain, lock_state_dir
 
 log = logging.getLogger("vmgated")
@@ -378,7 +377,7 @@ class App:
     def _ingest_settings(self) -> tuple[object, ...]:
         sec = self.config.security
         allowed = None if sec.allowed_sources is None else tuple(sec.allowed_sources)
-        return (allowed, sec.hep_auth_key, MAX_UDP_PAYLOAD)
+        return (allowed, sec.hep_auth_key)
 
     async def _start_ingest(self, listeners: list[UdpListener]) -> None:
         """Hand the HEP sockets bound to an address to an ingest process (vmgated.ingest)."""

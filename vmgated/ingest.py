@@ -19,7 +19,7 @@ from there before it starts another (which writes a new generation: the dead one
 end in a torn record).
 
 Frames (`ledger.sinkclient.dump_frame`: u64 length, memo-less pickle of a tuple). On stdin,
-from the daemon: `("settings", allowed_sources, hep_auth_key, max_datagram)` first, and again
+from the daemon: `("settings", allowed_sources, hep_auth_key)` first, and again
 on each reload; end of input is "stop" (every batch read is already sent). On stdout, one per
 batch: a `Frame`, each parsed message in it as `(SipMessage fields as a plain tuple, ts_us,
 src, dst, capture_id, correlation_id)` (a NamedTuple unpickles through its Python-level
@@ -73,7 +73,6 @@ class Settings(NamedTuple):
 
     allowed: tuple[IPNetwork, ...] | None
     auth_key: bytes | None
-    max_datagram: int
 
 
 class Ingest:
@@ -91,14 +90,13 @@ class Ingest:
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
-        """Take a reload's allow-list, auth key and size limit."""
+        """Take a reload's allow-list and auth key."""
         self.auth_key = settings.auth_key
         for filt in self.filters:
             filt.set_allowed(settings.allowed)
-            filt.max_datagram = settings.max_datagram
 
-    def drain(self, index: int) -> int:
-        """Read one batch (up to BATCH datagrams) from socket `index`, handle it; its size."""
+    def drain(self, index: int) -> None:
+        """Read one batch (up to BATCH datagrams) from socket `index` and handle it."""
         recv = self.socks[index].recvfrom
         batch: list[tuple[bytes, Any]] = []
         append = batch.append
@@ -111,7 +109,6 @@ class Ingest:
             log.debug("udp read: %s", exc)
         if batch:
             self.handle(batch, self.filters[index])
-        return len(batch)
 
     def handle(self, batch: list[tuple[bytes, Any]], filt: SourceFilter) -> None:
         """Filter, stamp, journal, parse and send one batch."""
@@ -129,8 +126,8 @@ class Ingest:
             # cannot be made crash-safe would lose for certain what a crash only might.
             unjournalled, error = len(batch), str(exc)
         parsed, notices = parse_batch(batch, self.auth_key, received)
-        wire: list[Wire] = [(tuple(p.msg), p.ts_us, p.src, p.dst, p.capture_id, p.correlation_id)
-                for p in parsed]  # fmt: skip
+        wire: list[Wire] = [(tuple(msg), ts_us, src, dst, capture_id, correlation_id)
+                            for msg, ts_us, src, dst, capture_id, correlation_id in parsed]
         gen, offset = self.journal.position
         write_all(self.out_fd, dump_frame(Frame(gen, offset, received, wire, notices, source,
                                                 oversized, dropped_from, unjournalled, error)))

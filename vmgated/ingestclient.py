@@ -134,7 +134,7 @@ class IngestProcess:
                  ", ".join(format_addr(s.getsockname()[:2]) for s in self.socks), gen)
 
     def settings(self, *values: Any) -> None:
-        """Send the allow-list, auth key and size limit (at start and on each reload)."""
+        """Send the allow-list and auth key (at start and on each reload)."""
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdin.closed:
             return

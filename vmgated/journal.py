@@ -315,10 +315,6 @@ class Journal:
         """Generations of the journal files present, ascending."""
         return generations(self.dir, "journal")
 
-    def ingest_path(self, gen: int) -> Path:
-        """The ingest process's journal file of generation `gen`."""
-        return ingest_path(self.dir, gen)
-
     def next_ingest_gen(self) -> int:
         """The generation a (new) ingest process starts writing: one past every file present.
 
@@ -333,7 +329,7 @@ class Journal:
         daemon replays when its ingest process died before handing all of it over)."""
         for gen in generations(self.dir, "ingest"):
             if gen >= since.gen:
-                yield from file_entries(self.ingest_path(gen),
+                yield from file_entries(ingest_path(self.dir, gen),
                                         since.offset if gen == since.gen else 0)
 
     def recover(self) -> Recovered:
@@ -372,7 +368,7 @@ class Journal:
             self._gen = gen
         ingest_files: list[tuple[Path, int]] = []
         for gen in generations(self.dir, "ingest"):
-            path = self.ingest_path(gen)
+            path = ingest_path(self.dir, gen)
             if gen < ingest.gen:
                 path.unlink()
             else:
@@ -475,7 +471,7 @@ class Journal:
         if ingest is not None:
             for old in generations(self.dir, "ingest"):
                 if old < ingest.gen:
-                    self.ingest_path(old).unlink(missing_ok=True)
+                    ingest_path(self.dir, old).unlink(missing_ok=True)
 
     def checkpoint_done(self, failed: bool = False) -> None:
         """The snapshot begun last is written, or `failed`: space the next one by its cost,

@@ -10,7 +10,7 @@ from sipbuild import request
 from sip import hep, message
 from sip.message import SipMessage
 from vmgated import hepparse
-from vmgated.hepparse import INTERNAL_ERROR, Parsed, Refused, Skewed, parse_batch, stamp_batch
+from vmgated.hepparse import INTERNAL_ERROR, Refused, Skewed, parse_batch, stamp_batch
 
 PROXY = ("127.0.0.1", 9060)
 SRC, DST = ("10.0.0.1", 5060), ("10.0.0.2", 5060)
@@ -25,8 +25,8 @@ def test_messages_come_out_in_order_with_their_envelope() -> None:
     a, b = request("INVITE", 1, call_id="a"), request("BYE", 2, call_id="b")
     parsed, notices = parse_batch([(dgram(a), PROXY), (dgram(b), PROXY)], None, 0)
     assert notices == []
-    assert [p.msg.call_id for p in parsed] == ["a", "b"]
-    assert parsed[0] == Parsed(message.parse(a), T, SRC, DST, 7, None)
+    assert [p[0].call_id for p in parsed] == ["a", "b"]
+    assert parsed[0] == (message.parse(a), T, SRC, DST, 7, None)
 
 
 def test_each_refusal_has_its_reason_and_sender() -> None:
